@@ -1,0 +1,174 @@
+"""Running a ChatLog through the router: history, tools, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+import json
+from typing import Any
+
+from voluptuous_openapi import convert
+
+from homeassistant.components import conversation
+from homeassistant.helpers import llm
+from homeassistant.helpers.translation import async_get_exception_message
+
+from .const import DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
+from .engine.models import (
+    ChatMessage,
+    ChatRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+)
+from .engine.router import AllBackendsFailed, Attempt, Interrupted, Router, Turn
+
+
+@dataclass
+class ChatReport:
+    """How a chat log was answered: the router's turns, first to last."""
+
+    turns: list[Turn] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Every attempt of every model call."""
+        return [attempt for turn in self.turns for attempt in turn.attempts]
+
+    @property
+    def served_by(self) -> str | None:
+        """The backend that gave the final answer."""
+        return self.turns[-1].served_by if self.turns else None
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether any model call was served by other than its first choice."""
+        return any(turn.fell_back for turn in self.turns)
+
+
+def _tool_spec(tool: llm.Tool, api: llm.APIInstance) -> ToolSpec:
+    return ToolSpec(
+        name=tool.name,
+        description=tool.description,
+        parameters=convert(tool.parameters, custom_serializer=api.custom_serializer),
+    )
+
+
+def _message(content: conversation.Content) -> ChatMessage:
+    """The engine's form of one chat log entry."""
+    match content:
+        case conversation.SystemContent() | conversation.UserContent():
+            return ChatMessage(content.role, content.content)
+        case conversation.AssistantContent():
+            return ChatMessage(
+                "assistant",
+                content.content or "",
+                tool_calls=tuple(
+                    ToolCall(call.id, call.tool_name, call.tool_args)
+                    for call in content.tool_calls or ()
+                ),
+            )
+        case conversation.ToolResultContent():
+            return ChatMessage(
+                "tool",
+                json.dumps(content.tool_result),
+                tool_call_id=content.tool_call_id,
+                tool_name=content.tool_name,
+            )
+
+
+def trim_history(messages: list[ChatMessage], max_history: int) -> list[ChatMessage]:
+    """Keep the system prompt and the last max_history user turns (0: all)."""
+    user_indexes = [i for i, m in enumerate(messages) if m.role == "user"]
+    if max_history <= 0 or len(user_indexes) <= max_history:
+        return messages
+    start = user_indexes[-max_history]
+    system = [m for m in messages[:start] if m.role == "system"][:1]
+    return system + messages[start:]
+
+
+def stopped_sentence(backend: str) -> str:
+    """Said when a backend stops in the middle of its answer."""
+    return async_get_exception_message(DOMAIN, "stopped_answering", {"backend": backend})
+
+
+def failure_sentence(error: AllBackendsFailed) -> str:
+    """One sentence naming every backend and why it did not answer."""
+    # Translated messages lose their final period; a sentence needs it.
+    reasons = ", ".join(f"{a.backend} ({a.error})" for a in error.attempts)
+    if not reasons:
+        return async_get_exception_message(DOMAIN, "no_backends") + "."
+    return (
+        async_get_exception_message(DOMAIN, "all_backends_failed", {"reasons": reasons})
+        + "."
+    )
+
+
+async def _deltas(turn: Turn) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
+    """The router's events as ChatLog deltas: one assistant message."""
+    yield {"role": "assistant"}
+    async for event in turn:
+        match event:
+            case TextDelta():
+                yield {"content": event.text}
+            case ReasoningDelta():
+                yield {"thinking_content": event.text}
+            case ToolCallDelta():
+                yield {
+                    "tool_calls": [
+                        llm.ToolInput(
+                            id=call.id, tool_name=call.name, tool_args=dict(call.arguments)
+                        )
+                        for call in event.calls
+                    ]
+                }
+            case Interrupted():
+                LOGGER.warning(
+                    "Backend %s stopped mid-answer: %s", event.backend, event.error
+                )
+                yield {"content": " " + stopped_sentence(event.backend)}
+
+
+async def async_run_chat_log(
+    router: Router,
+    chat_log: conversation.ChatLog,
+    agent_id: str,
+    options: Mapping[str, Any],
+    *,
+    backend: str | None = None,
+    think: bool | None = None,
+    response_schema: Mapping[str, Any] | None = None,
+) -> ChatReport:
+    """Answer the chat log, running tool calls, until the model is done.
+
+    Raises AllBackendsFailed when no backend answered a model call.
+    """
+    api = chat_log.llm_api
+    tools = tuple(_tool_spec(tool, api) for tool in api.tools) if api else ()
+    max_history = int(options.get("max_history", 0))
+    report = ChatReport()
+    for _ in range(MAX_TOOL_ITERATIONS):
+        messages = trim_history([_message(c) for c in chat_log.content], max_history)
+        request = ChatRequest(
+            messages=tuple(messages),
+            tools=tools,
+            think=think,
+            response_schema=response_schema,
+        )
+        turn = router.route(request, backend=backend)
+        report.turns.append(turn)
+        async for _content in chat_log.async_add_delta_content_stream(
+            agent_id, _deltas(turn)
+        ):
+            pass
+        if not chat_log.unresponded_tool_results:
+            return report
+    LOGGER.warning("The model kept calling tools; stopped after %s calls", MAX_TOOL_ITERATIONS)
+    chat_log.async_add_assistant_content_without_tools(
+        conversation.AssistantContent(
+            agent_id, async_get_exception_message(DOMAIN, "tool_loop_limit") + "."
+        )
+    )
+    return report

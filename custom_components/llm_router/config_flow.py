@@ -1,0 +1,393 @@
+"""Config flow: a router entry whose backends are subentries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import voluptuous as vol
+from yarl import URL
+
+from homeassistant.config_entries import (
+    SOURCE_RECONFIGURE,
+    ConfigEntry,
+    ConfigFlow,
+    ConfigFlowResult,
+    ConfigSubentryFlow,
+    OptionsFlow,
+    SubentryFlowResult,
+)
+from homeassistant.const import (
+    CONF_API_KEY,
+    CONF_LLM_HASS_API,
+    CONF_MODEL,
+    CONF_NAME,
+    CONF_URL,
+)
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.data_entry_flow import section
+from homeassistant.helpers import llm
+from homeassistant.helpers.selector import (
+    BooleanSelector,
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    SelectSelector,
+    SelectSelectorConfig,
+    SelectSelectorMode,
+    TemplateSelector,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+)
+
+from .const import (
+    CONF_BACKEND,
+    CONF_CONNECT_TIMEOUT,
+    CONF_FIRST_TOKEN_TIMEOUT,
+    CONF_KEEP_ALIVE,
+    CONF_KIND,
+    CONF_MAX_HISTORY,
+    CONF_MAX_PARALLEL,
+    CONF_NUM_CTX,
+    CONF_POLICY,
+    CONF_PRIORITY,
+    CONF_PROMPT,
+    CONF_SKIP_CHECK,
+    CONF_THINK,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_TOKEN_TIMEOUT,
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_MAX_PARALLEL,
+    DEFAULT_NUM_CTX,
+    DEFAULT_PRIORITY,
+    DEFAULT_ROUTER_NAME,
+    DOMAIN,
+    SUBENTRY_BACKEND,
+)
+from .engine.errors import AuthFailed, BackendError, ModelNotFound
+from .engine.models import BackendKind
+from .engine.policy import PolicyName
+from .runtime import backend_config, backend_subentries, create_backend
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    CONF_PROMPT: llm.DEFAULT_INSTRUCTIONS_PROMPT,
+    CONF_LLM_HASS_API: [llm.LLM_API_ASSIST],
+    CONF_MAX_HISTORY: DEFAULT_MAX_HISTORY,
+    CONF_POLICY: PolicyName.ORDERED,
+}
+
+
+def _server_fields(defaults: Mapping[str, Any]) -> dict[vol.Marker, Any]:
+    """Fields that say where a backend is."""
+    return {
+        vol.Required(CONF_NAME, default=defaults.get(CONF_NAME, vol.UNDEFINED)): str,
+        vol.Required(CONF_KIND, default=defaults.get(CONF_KIND, BackendKind.OLLAMA)): (
+            SelectSelector(
+                SelectSelectorConfig(
+                    options=list(BackendKind),
+                    translation_key=CONF_KIND,
+                    mode=SelectSelectorMode.LIST,
+                )
+            )
+        ),
+        vol.Required(CONF_URL, default=defaults.get(CONF_URL, vol.UNDEFINED)): (
+            TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
+        ),
+        vol.Optional(
+            CONF_API_KEY, description={"suggested_value": defaults.get(CONF_API_KEY)}
+        ): TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD)),
+    }
+
+
+def _seconds(maximum: float) -> NumberSelector:
+    return NumberSelector(
+        NumberSelectorConfig(
+            min=0.5,
+            max=maximum,
+            step=0.5,
+            unit_of_measurement="s",
+            mode=NumberSelectorMode.BOX,
+        )
+    )
+
+
+def _model_schema(
+    kind: BackendKind, models: list[str], defaults: Mapping[str, Any]
+) -> vol.Schema:
+    """Fields that say which model to use and how."""
+
+    def default(key: str, fallback: Any) -> Any:
+        return defaults.get(key, fallback)
+
+    fields: dict[vol.Marker, Any] = {
+        vol.Required(CONF_MODEL, default=default(CONF_MODEL, vol.UNDEFINED)): (
+            SelectSelector(
+                SelectSelectorConfig(
+                    options=models,
+                    custom_value=True,
+                    mode=SelectSelectorMode.DROPDOWN,
+                    sort=True,
+                )
+            )
+        ),
+        vol.Required(CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)): (
+            NumberSelector(NumberSelectorConfig(min=1, max=100, mode=NumberSelectorMode.BOX))
+        ),
+        vol.Required(
+            CONF_MAX_PARALLEL, default=default(CONF_MAX_PARALLEL, DEFAULT_MAX_PARALLEL)
+        ): NumberSelector(NumberSelectorConfig(min=1, max=64, mode=NumberSelectorMode.BOX)),
+        vol.Required(
+            CONF_CONNECT_TIMEOUT,
+            default=default(CONF_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
+        ): _seconds(60),
+        vol.Required(
+            CONF_FIRST_TOKEN_TIMEOUT,
+            default=default(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT),
+        ): _seconds(600),
+        vol.Required(CONF_THINK, default=default(CONF_THINK, False)): BooleanSelector(),
+    }
+    if kind is BackendKind.OLLAMA:
+        fields[
+            vol.Required(CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE))
+        ] = str
+        fields[vol.Required(CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX))] = (
+            NumberSelector(
+                NumberSelectorConfig(min=256, max=1048576, step=256, mode=NumberSelectorMode.BOX)
+            )
+        )
+    return vol.Schema(fields)
+
+
+def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
+    """Model step input with integer fields as integers."""
+    data = dict(user_input)
+    for key in (CONF_PRIORITY, CONF_MAX_PARALLEL, CONF_NUM_CTX):
+        if key in data:
+            data[key] = int(data[key])
+    return data
+
+
+async def _async_check_server(
+    hass: HomeAssistant, server: Mapping[str, Any]
+) -> tuple[dict[str, str], list[str]]:
+    """Test a server's connection; return form errors and its models."""
+    url = URL(server[CONF_URL])
+    if url.scheme not in ("http", "https") or not url.host:
+        return {"base": "invalid_url"}, []
+    backend = create_backend(hass, backend_config(server))
+    try:
+        await backend.probe()
+        models = await backend.list_models()
+    except AuthFailed:
+        return {"base": "invalid_auth"}, []
+    except BackendError:
+        return {"base": "cannot_connect"}, []
+    finally:
+        await backend.close()
+    return {}, models
+
+
+async def _async_check_model(hass: HomeAssistant, data: Mapping[str, Any]) -> dict[str, str]:
+    """Form errors for the chosen model."""
+    backend = create_backend(hass, backend_config(data))
+    try:
+        await backend.check_model()
+    except ModelNotFound:
+        return {CONF_MODEL: "model_not_found"}
+    except AuthFailed:
+        return {"base": "invalid_auth"}
+    except BackendError:
+        return {"base": "cannot_connect"}
+    finally:
+        await backend.close()
+    return {}
+
+
+class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
+    """Create a router with its first backend."""
+
+    VERSION = 1
+
+    def __init__(self) -> None:
+        """Start with nothing known."""
+        self._router_name = DEFAULT_ROUTER_NAME
+        self._server: dict[str, Any] = {}
+        self._models: list[str] = []
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> OptionsFlow:
+        """The router's options."""
+        return LLMRouterOptionsFlow()
+
+    @classmethod
+    @callback
+    def async_get_supported_subentry_types(
+        cls, config_entry: ConfigEntry
+    ) -> dict[str, type[ConfigSubentryFlow]]:
+        """Backends are subentries."""
+        return {SUBENTRY_BACKEND: BackendSubentryFlow}
+
+    async def async_step_user(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Ask for the router's name and where its first backend is."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            self._router_name = user_input[CONF_NAME]
+            self._server = dict(user_input[CONF_BACKEND])
+            errors, self._models = await _async_check_server(self.hass, self._server)
+            if not errors:
+                return await self.async_step_model()
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_NAME, default=self._router_name): str,
+                vol.Required(CONF_BACKEND): section(
+                    vol.Schema(_server_fields(self._server)), {"collapsed": False}
+                ),
+            }
+        )
+        return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+
+    async def async_step_model(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Choose the first backend's model and limits."""
+        kind = BackendKind(self._server[CONF_KIND])
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data = {**self._server, **_model_data(user_input)}
+            errors = await _async_check_model(self.hass, data)
+            if not errors:
+                return self.async_create_entry(
+                    title=self._router_name,
+                    data={},
+                    options=DEFAULT_OPTIONS,
+                    subentries=[
+                        {
+                            "subentry_type": SUBENTRY_BACKEND,
+                            "data": data,
+                            "title": data[CONF_NAME],
+                            "unique_id": None,
+                        }
+                    ],
+                )
+        return self.async_show_form(
+            step_id="model",
+            data_schema=_model_schema(kind, self._models, user_input or {}),
+            errors=errors,
+        )
+
+
+class BackendSubentryFlow(ConfigSubentryFlow):
+    """Add or reconfigure one backend of a router."""
+
+    def __init__(self) -> None:
+        """Start with nothing known."""
+        self._server: dict[str, Any] = {}
+        self._models: list[str] = []
+        self._skip_check = False
+
+    def _defaults(self) -> Mapping[str, Any]:
+        if self.source == SOURCE_RECONFIGURE:
+            return self._get_reconfigure_subentry().data
+        return {}
+
+    async def async_step_user(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        """Ask where the backend is."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            self._server = {k: v for k, v in user_input.items() if k != CONF_SKIP_CHECK}
+            if self._name_taken(self._server[CONF_NAME]):
+                errors = {CONF_NAME: "name_exists"}
+            elif not user_input.get(CONF_SKIP_CHECK):
+                errors, self._models = await _async_check_server(self.hass, self._server)
+            if not errors:
+                self._skip_check = bool(user_input.get(CONF_SKIP_CHECK))
+                return await self.async_step_model()
+        fields = _server_fields(self._server or self._defaults())
+        fields[vol.Optional(CONF_SKIP_CHECK, default=False)] = BooleanSelector()
+        return self.async_show_form(
+            step_id="user", data_schema=vol.Schema(fields), errors=errors
+        )
+
+    async_step_reconfigure = async_step_user
+
+    def _name_taken(self, name: str) -> bool:
+        own = self._reconfigure_subentry_id if self.source == SOURCE_RECONFIGURE else None
+        return any(
+            subentry.data[CONF_NAME] == name and subentry.subentry_id != own
+            for subentry in backend_subentries(self._get_entry())
+        )
+
+    async def async_step_model(
+        self, user_input: dict[str, Any] | None = None
+    ) -> SubentryFlowResult:
+        """Choose the model and limits."""
+        kind = BackendKind(self._server[CONF_KIND])
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data = {**self._server, **_model_data(user_input)}
+            if not self._skip_check:
+                errors = await _async_check_model(self.hass, data)
+            if not errors:
+                if self.source == SOURCE_RECONFIGURE:
+                    return self.async_update_and_abort(
+                        self._get_entry(),
+                        self._get_reconfigure_subentry(),
+                        title=data[CONF_NAME],
+                        data=data,
+                    )
+                return self.async_create_entry(title=data[CONF_NAME], data=data)
+        return self.async_show_form(
+            step_id="model",
+            data_schema=_model_schema(kind, self._models, user_input or self._defaults()),
+            errors=errors,
+        )
+
+
+class LLMRouterOptionsFlow(OptionsFlow):
+    """Router-wide options: prompt, Home Assistant API, history, policy."""
+
+    async def async_step_init(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Show and save the options."""
+        if user_input is not None:
+            # Cleared fields are stored empty, so defaults do not come back.
+            return self.async_create_entry(
+                data={
+                    CONF_PROMPT: "",
+                    CONF_LLM_HASS_API: [],
+                    **user_input,
+                    CONF_MAX_HISTORY: int(user_input[CONF_MAX_HISTORY]),
+                }
+            )
+        options = {**DEFAULT_OPTIONS, **self.config_entry.options}
+        apis = [
+            {"value": api.id, "label": api.name} for api in llm.async_get_apis(self.hass)
+        ]
+        schema = vol.Schema(
+            {
+                vol.Optional(
+                    CONF_PROMPT, description={"suggested_value": options[CONF_PROMPT]}
+                ): TemplateSelector(),
+                vol.Optional(
+                    CONF_LLM_HASS_API,
+                    description={"suggested_value": options[CONF_LLM_HASS_API]},
+                ): SelectSelector(SelectSelectorConfig(options=apis, multiple=True)),
+                vol.Required(CONF_MAX_HISTORY, default=options[CONF_MAX_HISTORY]): (
+                    NumberSelector(
+                        NumberSelectorConfig(min=0, max=100, mode=NumberSelectorMode.BOX)
+                    )
+                ),
+                vol.Required(CONF_POLICY, default=options[CONF_POLICY]): SelectSelector(
+                    SelectSelectorConfig(options=list(PolicyName), translation_key=CONF_POLICY)
+                ),
+            }
+        )
+        return self.async_show_form(step_id="init", data_schema=schema)

@@ -1,0 +1,41 @@
+"""Constants of the LLM Router integration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+DOMAIN: Final = "llm_router"
+LOGGER = logging.getLogger(__package__)
+
+SUBENTRY_BACKEND: Final = "backend"
+
+# Backend subentry fields (name, url, api_key and model come from HA's const).
+CONF_KIND: Final = "kind"
+CONF_PRIORITY: Final = "priority"
+CONF_MAX_PARALLEL: Final = "max_parallel"
+CONF_CONNECT_TIMEOUT: Final = "connect_timeout"
+CONF_FIRST_TOKEN_TIMEOUT: Final = "first_token_timeout"
+CONF_THINK: Final = "think"
+CONF_KEEP_ALIVE: Final = "keep_alive"
+CONF_NUM_CTX: Final = "num_ctx"
+CONF_SKIP_CHECK: Final = "skip_check"
+CONF_BACKEND: Final = "backend"
+
+# Router options.
+CONF_PROMPT: Final = "prompt"
+CONF_MAX_HISTORY: Final = "max_history"
+CONF_POLICY: Final = "policy"
+
+DEFAULT_ROUTER_NAME: Final = "LLM Router"
+DEFAULT_PRIORITY: Final = 1
+DEFAULT_MAX_PARALLEL: Final = 1
+DEFAULT_CONNECT_TIMEOUT: Final = 3.0
+DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 30.0
+DEFAULT_KEEP_ALIVE: Final = "30m"
+DEFAULT_NUM_CTX: Final = 8192
+DEFAULT_MAX_HISTORY: Final = 10
+
+# Bound on model calls for one user turn, so a model that keeps calling
+# tools cannot loop forever.
+MAX_TOOL_ITERATIONS: Final = 10

@@ -1,0 +1,89 @@
+"""The router's conversation agent."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from homeassistant.components import conversation
+from homeassistant.const import CONF_LLM_HASS_API, MATCH_ALL
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import intent
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from .chat import async_run_chat_log, failure_sentence
+from .const import CONF_PROMPT, DOMAIN, LOGGER
+from .engine.router import AllBackendsFailed
+from .entity import LLMRouterEntity
+from .runtime import LLMRouterConfigEntry
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: LLMRouterConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    """Add the router's conversation agent."""
+    async_add_entities([LLMRouterConversationEntity(entry)])
+
+
+class LLMRouterConversationEntity(
+    LLMRouterEntity, conversation.ConversationEntity, conversation.AbstractConversationAgent
+):
+    """One agent for all backends: routed, with fallback."""
+
+    _attr_name = None
+    _attr_supports_streaming = True
+
+    def __init__(self, entry: LLMRouterConfigEntry) -> None:
+        """Create the agent of a router entry."""
+        super().__init__(entry, "conversation")
+        if entry.options.get(CONF_LLM_HASS_API):
+            self._attr_supported_features = conversation.ConversationEntityFeature.CONTROL
+
+    @property
+    def supported_languages(self) -> list[str] | Literal["*"]:
+        """Models answer in any language."""
+        return MATCH_ALL
+
+    async def async_added_to_hass(self) -> None:
+        """Register as the entry's agent."""
+        await super().async_added_to_hass()
+        conversation.async_set_agent(self.hass, self.entry, self)
+
+    async def async_will_remove_from_hass(self) -> None:
+        """Unregister the agent."""
+        conversation.async_unset_agent(self.hass, self.entry)
+        await super().async_will_remove_from_hass()
+
+    async def _async_handle_message(
+        self,
+        user_input: conversation.ConversationInput,
+        chat_log: conversation.ChatLog,
+    ) -> conversation.ConversationResult:
+        """Answer one user turn."""
+        options = self.entry.options
+        try:
+            await chat_log.async_provide_llm_data(
+                user_input.as_llm_context(DOMAIN),
+                options.get(CONF_LLM_HASS_API) or None,
+                options.get(CONF_PROMPT),
+                user_input.extra_system_prompt,
+            )
+        except conversation.ConverseError as err:
+            return err.as_conversation_result()
+        try:
+            await async_run_chat_log(
+                self.entry.runtime_data.router, chat_log, self.entity_id, options
+            )
+        except AllBackendsFailed as err:
+            LOGGER.warning("No backend answered: %s", err)
+            sentence = failure_sentence(err)
+            chat_log.async_add_assistant_content_without_tools(
+                conversation.AssistantContent(self.entity_id, sentence)
+            )
+            response = intent.IntentResponse(language=user_input.language)
+            response.async_set_error(intent.IntentResponseErrorCode.UNKNOWN, sentence)
+            return conversation.ConversationResult(
+                response=response, conversation_id=chat_log.conversation_id
+            )
+        return conversation.async_get_result_from_chat_log(user_input, chat_log)

@@ -1,0 +1,45 @@
+"""Circuit breaker: a dead backend costs nothing after the first miss."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from .errors import BackendError, ErrorKind
+
+
+class BreakerState(StrEnum):
+    """Whether requests may go to the backend."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class CircuitBreaker:
+    """Opens at once on a refused connection, after a run of other failures.
+
+    It closes on the next success; while open, the router probes the
+    backend after each cooldown.
+    """
+
+    def __init__(self, *, failure_threshold: int) -> None:
+        self.failure_threshold = failure_threshold
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+
+    def allows(self) -> bool:
+        """Whether a request may be sent now."""
+        return self.state is BreakerState.CLOSED
+
+    def record_success(self) -> None:
+        """A request or probe succeeded: close."""
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+
+    def record_failure(self, error: BackendError) -> None:
+        """A request or probe failed; open when that says the server is gone."""
+        self.consecutive_failures += 1
+        if (
+            error.kind is ErrorKind.UNREACHABLE
+            or self.consecutive_failures >= self.failure_threshold
+        ):
+            self.state = BreakerState.OPEN

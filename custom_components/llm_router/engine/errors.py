@@ -1,0 +1,78 @@
+"""Errors raised by backends and the router.
+
+Every backend turns what its HTTP library raises into one of these, so the
+router and the Home Assistant layer never see a transport detail.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """Why an attempt failed; stable strings for diagnostics and actions."""
+
+    UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed_out"
+    SERVER_ERROR = "server_error"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNSUPPORTED = "unsupported"
+    BAD_RESPONSE = "bad_response"
+    AUTH_FAILED = "auth_failed"
+    CIRCUIT_OPEN = "circuit_open"
+
+
+class BackendError(Exception):
+    """A backend could not serve a request."""
+
+    kind: ErrorKind = ErrorKind.BAD_RESPONSE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BackendUnreachable(BackendError):
+    """The connection was refused, reset, or could not be made in time."""
+
+    kind = ErrorKind.UNREACHABLE
+
+
+class BackendTimeout(BackendError):
+    """The server accepted the request but did not answer in time."""
+
+    kind = ErrorKind.TIMED_OUT
+
+
+class BackendServerError(BackendError):
+    """The server answered 5xx or 429."""
+
+    kind = ErrorKind.SERVER_ERROR
+
+
+class ModelNotFound(BackendError):
+    """The configured model does not exist on the server."""
+
+    kind = ErrorKind.MODEL_NOT_FOUND
+
+
+class CapabilityUnsupported(BackendError):
+    """The model cannot do what was asked (tools or thinking)."""
+
+    kind = ErrorKind.UNSUPPORTED
+
+    def __init__(self, capability: str, message: str) -> None:
+        super().__init__(message)
+        self.capability = capability
+
+
+class BadResponse(BackendError):
+    """Malformed JSON or SSE, an unexpected status, or a truncated stream."""
+
+    kind = ErrorKind.BAD_RESPONSE
+
+
+class AuthFailed(BackendError):
+    """The server rejected the API key (401/403)."""
+
+    kind = ErrorKind.AUTH_FAILED

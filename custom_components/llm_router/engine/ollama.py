@@ -1,0 +1,341 @@
+"""Backend for Ollama's native API, through the official ollama client.
+
+Chat streams from /api/chat; the health probe asks /api/version over the
+shared aiohttp session (never closed here), then /api/ps for what is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Iterator
+import json
+import logging
+import os
+import ssl
+from types import TracebackType
+from typing import Any
+import uuid
+
+import aiohttp
+import httpx
+import ollama
+import pydantic
+
+from .backend import Backend
+from .errors import (
+    AuthFailed,
+    BackendError,
+    BackendServerError,
+    BackendTimeout,
+    BackendUnreachable,
+    BadResponse,
+    CapabilityUnsupported,
+    ModelNotFound,
+)
+from .models import (
+    BackendConfig,
+    Capability,
+    ChatMessage,
+    ChatRequest,
+    LoadedModel,
+    ModelDetails,
+    ProbeResult,
+    ReasoningDelta,
+    ServerStats,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class OllamaBackend(Backend):
+    """An Ollama server, reached with ollama.AsyncClient."""
+
+    # Asked to think, Ollama parses the reasoning out or refuses (400).
+    splits_reasoning = True
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        session: aiohttp.ClientSession,
+        *,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        super().__init__(config)
+        self._session = session
+        self._verify = verify
+        self._headers = (
+            {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        )
+        self._client = ollama.AsyncClient(
+            host=config.url,
+            # No read timeout: the router enforces first-token and stall deadlines.
+            timeout=httpx.Timeout(
+                connect=config.connect_timeout,
+                read=None,
+                write=config.stall_timeout,
+                pool=config.connect_timeout,
+            ),
+            verify=verify,
+            headers=self._headers,
+        )
+        # ollama 0.5.1 has no close(); its httpx client also knows the parsed URL.
+        self._http: httpx.AsyncClient = self._client._client
+
+    async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        """Stream a chat completion from /api/chat."""
+        arguments = self._chat_arguments(request)
+        _LOGGER.debug("%s: chat request %s", self.name, arguments)
+        failures = _Failures(self.config, model_call=True)
+        with failures:
+            # The client sends the request when the stream is first iterated,
+            # so connection errors surface in the loop.
+            async for part in await self._client.chat(**arguments, stream=True):
+                failures.answering = True
+                for event in _events(part.message):
+                    yield event
+                if part.done:
+                    yield _stats(part)
+                    return
+            raise BadResponse("answer ended before its final chunk")
+
+    async def probe(self) -> ProbeResult:
+        """GET /api/version, then the loaded models from /api/ps."""
+        timeout = aiohttp.ClientTimeout(
+            connect=self.config.connect_timeout, sock_read=self.config.connect_timeout
+        )
+        with _Failures(self.config, model_call=False):
+            async with self._session.get(
+                str(self._http.base_url.join("api/version")),
+                headers=self._headers,
+                timeout=timeout,
+                ssl=self._verify,
+            ) as response:
+                text = await response.text(errors="replace")
+                if response.status != 200:
+                    raise ollama.ResponseError(text, response.status)
+                version = _version(text)
+        running = await self._metadata(self._client.ps())
+        return ProbeResult(
+            version=version,
+            loaded_models=tuple(
+                LoadedModel(
+                    name=model.model or model.name or "",
+                    size_vram=None if model.size_vram is None else int(model.size_vram),
+                    expires_at=None
+                    if model.expires_at is None
+                    else model.expires_at.isoformat(),
+                )
+                for model in running.models
+            ),
+        )
+
+    async def list_models(self) -> list[str]:
+        """Names of the installed models, from /api/tags."""
+        listing = await self._metadata(self._client.list())
+        return [model.model for model in listing.models if model.model]
+
+    async def model_details(self) -> ModelDetails:
+        """Capabilities from /api/show; None when the server does not say."""
+        shown = await self._metadata(
+            self._client.show(self.config.model), model_call=True
+        )
+        if shown.capabilities is None:
+            return ModelDetails(capabilities=None)
+        return ModelDetails(
+            capabilities=frozenset(
+                Capability(name) for name in shown.capabilities if name in Capability
+            )
+        )
+
+    async def check_model(self) -> None:
+        """Ask /api/show, which resolves the name as chat does (no tag: latest)."""
+        await self.model_details()
+
+    async def close(self) -> None:
+        """Close the ollama client's connections."""
+        await self._http.aclose()
+
+    async def _metadata[T](self, call: Awaitable[T], *, model_call: bool = False) -> T:
+        """Await a cheap request, bounded by the stall timeout."""
+        with _Failures(self.config, model_call=model_call):
+            async with asyncio.timeout(self.config.stall_timeout):
+                return await call
+
+    def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        config = self.config
+        arguments: dict[str, Any] = {
+            "model": config.model,
+            "messages": [_message(message) for message in request.messages],
+        }
+        if request.tools:
+            arguments["tools"] = [_tool(tool) for tool in request.tools]
+        think = config.think if request.think is None else request.think
+        # An explicit false stops thinking models (Ollama's default is to think).
+        if think or request.think is False:
+            arguments["think"] = think
+        if config.keep_alive is not None:
+            arguments["keep_alive"] = config.keep_alive
+        if config.num_ctx is not None:
+            arguments["options"] = {"num_ctx": config.num_ctx}
+        if request.response_schema is not None:
+            arguments["format"] = dict(request.response_schema)
+        return arguments
+
+
+class _Failures:
+    """Turns whatever ollama, httpx or aiohttp raise into a BackendError.
+
+    model_call: the request names the configured model, so a 404 means that
+    model is missing. answering: the stream had started, so a lost
+    connection cut the answer short.
+    """
+
+    def __init__(self, config: BackendConfig, *, model_call: bool) -> None:
+        self._config = config
+        self._model_call = model_call
+        self.answering = False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+            raise self._translate(exc) from exc
+
+    def _translate(self, err: Exception) -> BackendError:
+        if isinstance(err, ollama.ResponseError):
+            return self._status_error(err.status_code, str(err.error))
+        if isinstance(err, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError):
+            return BackendUnreachable("connect timed out")
+        if isinstance(err, httpx.TimeoutException | TimeoutError):
+            return BackendTimeout("no answer in time")
+        # ollama raises a plain ConnectionError for httpx.ConnectError outside streams.
+        if (
+            isinstance(err, httpx.ConnectError | aiohttp.ClientConnectorError)
+            or type(err) is ConnectionError
+        ):
+            return BackendUnreachable(_os_reason(err))
+        if isinstance(
+            err,
+            httpx.NetworkError
+            | httpx.RemoteProtocolError
+            | aiohttp.ClientConnectionError
+            | aiohttp.ClientPayloadError
+            | ConnectionError,
+        ):
+            if self.answering:
+                return BadResponse("connection lost mid-answer")
+            return BackendUnreachable("connection lost")
+        if isinstance(err, json.JSONDecodeError | pydantic.ValidationError):
+            return BadResponse("malformed answer")
+        _LOGGER.debug("%s: unexpected failure", self._config.name, exc_info=err)
+        return BadResponse(f"request failed: {_short(str(err)) or type(err).__name__}")
+
+    def _status_error(self, status: int, text: str) -> BackendError:
+        """Map an HTTP error, or an error line inside the stream (status -1)."""
+        if self._config.api_key:
+            text = text.replace(self._config.api_key, "***")
+        text = _short(text)
+        prefix = f"HTTP {status}" if status > 0 else ""
+        detail = f"{prefix}: {text}" if prefix and text else prefix or text
+        model = self._config.model
+        for capability in Capability:
+            if f"does not support {capability}" in text:
+                return CapabilityUnsupported(
+                    capability.value, f"model '{model}' does not support {capability}"
+                )
+        if status in (401, 403):
+            return AuthFailed(detail)
+        if self._model_call and (status == 404 or "not found" in text.lower()):
+            return ModelNotFound(f"model '{model}' not found")
+        if status == 429 or status >= 500 or status < 0:
+            return BackendServerError(detail)
+        return BadResponse(detail)
+
+
+def _os_reason(err: BaseException) -> str:
+    """Why connecting failed, from the OS error at the root of err."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    return "cannot connect"
+
+
+def _short(text: str) -> str:
+    """The first line of a server's message, within reason."""
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def _version(text: str) -> str:
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+        raise BadResponse("no version in the /api/version answer")
+    return str(data["version"])
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"function": {"name": call.name, "arguments": dict(call.arguments)}}
+            for call in message.tool_calls
+        ]
+    # Ollama matches tool results by name (ollama >= 0.5.2 passes it on).
+    if message.tool_name:
+        wire["tool_name"] = message.tool_name
+    return wire
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters)}
+    if tool.description is not None:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def _events(message: ollama.Message) -> Iterator[StreamEvent]:
+    """The events in one chunk's message; inline <think> tags stay in the text."""
+    if message.thinking:
+        yield ReasoningDelta(message.thinking)
+    if message.content:
+        yield TextDelta(message.content)
+    if message.tool_calls:
+        # Ollama gives calls no ids; the conversation needs them.
+        yield ToolCallDelta(
+            tuple(
+                ToolCall(
+                    id=f"call_{uuid.uuid4().hex[:12]}",
+                    name=call.function.name,
+                    arguments=dict(call.function.arguments),
+                )
+                for call in message.tool_calls
+            )
+        )
+
+
+def _stats(done: ollama.ChatResponse) -> ServerStats:
+    """The statistics of the final chunk; Ollama counts nanoseconds."""
+    return ServerStats(
+        prompt_tokens=done.prompt_eval_count,
+        completion_tokens=done.eval_count,
+        prompt_seconds=_seconds(done.prompt_eval_duration),
+        generation_seconds=_seconds(done.eval_duration),
+        load_seconds=_seconds(done.load_duration),
+    )
+
+
+def _seconds(nanoseconds: int | None) -> float | None:
+    return None if nanoseconds is None else nanoseconds / 1e9

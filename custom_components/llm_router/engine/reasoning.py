@@ -1,0 +1,132 @@
+"""Streaming separation of inline <think> reasoning from the answer.
+
+Models like DeepSeek-R1 write their reasoning into the answer text between
+<think> and </think>. Their chat templates often put the opening tag into
+the prompt, so the output starts mid-reasoning and shows only </think>.
+Tags may be split across stream chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+OPEN_TAG = "<think>"
+CLOSE_TAG = "</think>"
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """What one chunk of model output held: reasoning and answer text."""
+
+    reasoning: str = ""
+    answer: str = ""
+
+
+class _State(Enum):
+    START = auto()  # only whitespace so far, or a partial opening tag
+    REASONING = auto()  # inside <think>
+    HELD = auto()  # maybe reasoning without an opening tag; not emitted yet
+    ANSWER = auto()
+
+
+class ReasoningSplitter:
+    """Separate reasoning from answer text, chunk by chunk.
+
+    With expect_reasoning, output that starts without <think> is held back
+    until </think> confirms it was reasoning; if the stream ends first, the
+    held text was the answer and flush() returns it as such. Without it,
+    text is answer until a <think> appears, so nothing is delayed.
+    """
+
+    def __init__(self, *, expect_reasoning: bool = False) -> None:
+        self._expect_reasoning = expect_reasoning
+        self._state = _State.START
+        self._buffer = ""
+        self._held = ""
+        self._answer_started = False
+
+    def reasoning_handled_elsewhere(self) -> None:
+        """The server sends reasoning in its own field: content is answer."""
+        self._expect_reasoning = False
+
+    def feed(self, text: str) -> Split:
+        """Split the next chunk of model output."""
+        self._buffer += text
+        if self._state is _State.START and not self._leave_start():
+            return Split()
+        return self._drain(final=False)
+
+    def flush(self) -> Split:
+        """End of stream: release everything still buffered or held."""
+        if self._state is _State.START:
+            self._state = _State.ANSWER
+        split = self._drain(final=True)
+        if self._state is not _State.HELD:
+            return split
+        # No </think> came: the held text was the answer after all.
+        held, self._held = self._held, ""
+        self._state = _State.ANSWER
+        return Split(split.reasoning, self._answer_text(held) + split.answer)
+
+    def _leave_start(self) -> bool:
+        """Decide the initial state once the output's start is known."""
+        stripped = self._buffer.lstrip()
+        if not stripped or OPEN_TAG.startswith(stripped):
+            return False
+        if stripped.startswith(OPEN_TAG):
+            self._state = _State.REASONING
+            self._buffer = stripped.removeprefix(OPEN_TAG)
+        elif self._expect_reasoning:
+            self._state = _State.HELD
+        else:
+            self._state = _State.ANSWER
+        return True
+
+    def _drain(self, *, final: bool) -> Split:
+        reasoning: list[str] = []
+        answer: list[str] = []
+        while True:
+            in_reasoning = self._state in (_State.REASONING, _State.HELD)
+            # A stray </think> in the answer is dropped, not spoken.
+            tags = (CLOSE_TAG,) if in_reasoning else (OPEN_TAG, CLOSE_TAG)
+            found = [(i, tag) for tag in tags if (i := self._buffer.find(tag)) >= 0]
+            if not found:
+                keep = 0 if final else _partial_tag_length(self._buffer, tags)
+                body = self._buffer[: len(self._buffer) - keep]
+                self._buffer = self._buffer[len(self._buffer) - keep :]
+                self._take(body, reasoning, answer)
+                return Split("".join(reasoning), "".join(answer))
+            index, tag = min(found)
+            self._take(self._buffer[:index], reasoning, answer)
+            self._buffer = self._buffer[index + len(tag) :]
+            if tag == OPEN_TAG:
+                self._state = _State.REASONING
+                continue
+            if self._state is _State.HELD:
+                reasoning.append(self._held)
+                self._held = ""
+            self._state = _State.ANSWER
+
+    def _take(self, text: str, reasoning: list[str], answer: list[str]) -> None:
+        if self._state is _State.REASONING:
+            reasoning.append(text)
+        elif self._state is _State.HELD:
+            self._held += text
+        else:
+            answer.append(self._answer_text(text))
+
+    def _answer_text(self, text: str) -> str:
+        """Answer text, without the whitespace a model puts before it."""
+        if not self._answer_started:
+            text = text.lstrip()
+            self._answer_started = bool(text)
+        return text
+
+
+def _partial_tag_length(text: str, tags: tuple[str, ...]) -> int:
+    """Length of the longest end of text that could begin one of tags."""
+    for length in range(min(len(text), max(map(len, tags)) - 1), 0, -1):
+        if any(tag.startswith(text[-length:]) for tag in tags):
+            return length
+    return 0

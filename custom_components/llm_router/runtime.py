@@ -1,0 +1,98 @@
+"""Wiring the routing engine to a config entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntry, ConfigSubentry
+from homeassistant.const import CONF_API_KEY, CONF_MODEL, CONF_NAME, CONF_URL
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.util.ssl import get_default_context
+
+from .const import (
+    CONF_CONNECT_TIMEOUT,
+    CONF_FIRST_TOKEN_TIMEOUT,
+    CONF_KEEP_ALIVE,
+    CONF_KIND,
+    CONF_MAX_PARALLEL,
+    CONF_NUM_CTX,
+    CONF_POLICY,
+    CONF_PRIORITY,
+    CONF_THINK,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_TOKEN_TIMEOUT,
+    DEFAULT_MAX_PARALLEL,
+    DEFAULT_PRIORITY,
+    SUBENTRY_BACKEND,
+)
+from .engine.backend import Backend
+from .engine.models import BackendConfig, BackendKind
+from .engine.ollama import OllamaBackend
+from .engine.openai import OpenAIBackend
+from .engine.policy import PolicyName, create_policy
+from .engine.router import Router
+
+
+@dataclass
+class LLMRouterData:
+    """What a loaded router entry holds."""
+
+    router: Router
+    backend_subentries: dict[str, str]
+    """Backend name -> subentry id."""
+
+
+type LLMRouterConfigEntry = ConfigEntry[LLMRouterData]
+
+
+def backend_config(data: Mapping[str, Any]) -> BackendConfig:
+    """The engine's view of a backend subentry's data."""
+    kind = BackendKind(data[CONF_KIND])
+    is_ollama = kind is BackendKind.OLLAMA
+    return BackendConfig(
+        name=data[CONF_NAME],
+        kind=kind,
+        url=data[CONF_URL],
+        model=data.get(CONF_MODEL, ""),
+        api_key=data.get(CONF_API_KEY) or None,
+        priority=int(data.get(CONF_PRIORITY, DEFAULT_PRIORITY)),
+        max_parallel=int(data.get(CONF_MAX_PARALLEL, DEFAULT_MAX_PARALLEL)),
+        connect_timeout=float(data.get(CONF_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)),
+        first_token_timeout=float(
+            data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT)
+        ),
+        think=bool(data.get(CONF_THINK, False)),
+        keep_alive=data.get(CONF_KEEP_ALIVE) if is_ollama else None,
+        num_ctx=int(data[CONF_NUM_CTX]) if is_ollama and data.get(CONF_NUM_CTX) else None,
+    )
+
+
+def create_backend(hass: HomeAssistant, config: BackendConfig) -> Backend:
+    """A backend client for one server, on Home Assistant's shared session."""
+    session = async_get_clientsession(hass)
+    if config.kind is BackendKind.OLLAMA:
+        return OllamaBackend(config, session, verify=get_default_context())
+    return OpenAIBackend(config, session)
+
+
+def backend_subentries(entry: ConfigEntry) -> list[ConfigSubentry]:
+    """The entry's backend subentries."""
+    return [
+        subentry
+        for subentry in entry.subentries.values()
+        if subentry.subentry_type == SUBENTRY_BACKEND
+    ]
+
+
+def create_router(hass: HomeAssistant, entry: ConfigEntry) -> LLMRouterData:
+    """Build the router for a config entry from its subentries and options."""
+    subentries = backend_subentries(entry)
+    backends = [create_backend(hass, backend_config(s.data)) for s in subentries]
+    policy = create_policy(PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED)))
+    return LLMRouterData(
+        router=Router(backends, policy=policy),
+        backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},
+    )

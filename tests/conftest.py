@@ -1,0 +1,98 @@
+"""Fixtures shared by all tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
+from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
+from homeassistant.config_entries import ConfigSubentryData
+from homeassistant.const import CONF_LLM_HASS_API
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
+from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.openai_server import FakeOpenAI
+
+
+@pytest.fixture(autouse=True)
+def _loopback_sockets(socket_enabled: None) -> None:
+    """Let tests reach the loopback fakes (the HA test plugin blocks sockets)."""
+
+
+@pytest.fixture(autouse=True)
+def _custom_integrations(enable_custom_integrations: None) -> None:
+    """Let Home Assistant load this custom integration."""
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[FakeOllama]:
+    """A fake Ollama server (the Pi)."""
+    async with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server (the GPU box)."""
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def backend(
+    name: str, kind: str, url: str, model: str, priority: int, **extra: Any
+) -> dict[str, Any]:
+    """Data of a backend subentry."""
+    return {
+        "name": name,
+        "kind": kind,
+        "url": url,
+        "model": model,
+        "priority": priority,
+        "max_parallel": 1,
+        "connect_timeout": 3.0,
+        "first_token_timeout": 30.0,
+        "think": False,
+        **extra,
+    }
+
+
+def router_entry(
+    *backends: dict[str, Any], llm_api: list[str] | None = None, **options: Any
+) -> MockConfigEntry:
+    """A router config entry with these backends as subentries."""
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title="LLM Router",
+        data={},
+        options={**DEFAULT_OPTIONS, CONF_LLM_HASS_API: llm_api or [], **options},
+        subentries_data=[
+            ConfigSubentryData(
+                data=data,
+                subentry_type=SUBENTRY_BACKEND,
+                title=data["name"],
+                unique_id=None,
+            )
+            for data in backends
+        ],
+    )
+
+
+async def setup_router(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfigEntry:
+    """Add and set up a router entry."""
+    await async_setup_component(hass, "homeassistant", {})
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
+    """Wait until condition() holds; bounded, so a bug fails instead of hanging."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.005)

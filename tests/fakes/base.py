@@ -1,0 +1,180 @@
+"""Shared machinery of the loopback protocol fakes.
+
+A fake is a real aiohttp server on 127.0.0.1 with a random port. Each chat
+request takes the next scripted Reply (or the default one) and is recorded,
+so tests assert on what the client really sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+import math
+import socket
+from typing import Any, Self
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    """How the fake answers one chat request.
+
+    text and thinking are streamed word by word (whitespace kept), at
+    tokens_per_second when set, otherwise as fast as possible.
+    """
+
+    text: str = "Hello from the fake."
+    thinking: str = ""
+    # Inline reasoning: wraps `thinking` in <think>...</think> inside the text
+    # stream instead of the protocol's reasoning field. "open" omits the
+    # opening tag, as R1 chat templates do.
+    inline_think: bool | str = False
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tokens_per_second: float | None = None
+    # Error reply: HTTP status and body, sent instead of a stream.
+    status: int = 200
+    error: str | None = None
+    # Seconds to wait after the request before the first byte; math.inf
+    # never answers (the connection stays open).
+    stall_before_first: float = 0.0
+    # Seconds to stall after this many chunks (math.inf: forever).
+    stall_after_chunks: int | None = None
+    stall_seconds: float = math.inf
+    # Close the connection after this many chunks, without the final chunk.
+    drop_after_chunks: int | None = None
+    # Send one malformed chunk after this many chunks.
+    malformed_after_chunks: int | None = None
+    # Usage numbers the server reports (None: derived from the text).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # Server-side durations in seconds (Ollama eval/prompt_eval durations,
+    # llama.cpp timings). None: derived from the pacing.
+    prompt_seconds: float | None = None
+    generation_seconds: float | None = None
+    load_seconds: float | None = None
+
+
+def words(text: str) -> list[str]:
+    """Split text into stream pieces that join back to exactly text."""
+    pieces: list[str] = []
+    for index, word in enumerate(text.split(" ")):
+        pieces.append(word if index == 0 else " " + word)
+    return [piece for piece in pieces if piece]
+
+
+def answer_pieces(reply: Reply) -> tuple[list[str], list[str]]:
+    """The reply's reasoning and text as stream pieces.
+
+    With inline_think the reasoning moves into the text between tags and the
+    reasoning list is empty.
+    """
+    thinking = words(reply.thinking)
+    if not (reply.inline_think and thinking):
+        return thinking, words(reply.text)
+    opening = [] if reply.inline_think == "open" else ["<think>"]
+    return [], [*opening, *thinking, "</think>", *words(reply.text)]
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def unanswered_url() -> Iterator[str]:
+    """A loopback URL where connecting never completes (connect timeouts).
+
+    The listen backlog is full and nothing accepts, so the kernel ignores
+    further connection attempts.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        address = server.getsockname()
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(address)
+            yield f"http://127.0.0.1:{address[1]}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+class FakeServer:
+    """Base of the fakes: lifecycle, reply queue, request log."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.replies: deque[Reply] = deque()
+        self.default_reply = Reply()
+        self.requests: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._open_streams: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next chat requests, in order."""
+        self.replies.extend(replies)
+
+    def next_reply(self) -> Reply:
+        """The reply for the chat request being served."""
+        return self.replies.popleft() if self.replies else self.default_reply
+
+    async def start(self, port: int = 0) -> None:
+        """Listen on a loopback port (0: a random free one)."""
+        self._runner = web.AppRunner(self.app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server  # aiohttp keeps the socket here
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """Stop listening and drop open connections (including stalled ones)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def paced(
+    reply: Reply, chunks: list[Any], send: Callable[[Any], Awaitable[None]]
+) -> AsyncIterator[int]:
+    """Send chunks with the reply's pacing, stalls and drops.
+
+    Yields the index of each chunk before sending it, so the caller can
+    inject malformed data; raises ConnectionResetError to drop.
+    """
+    if reply.stall_before_first:
+        await asyncio.sleep(reply.stall_before_first)
+    delay = 1 / reply.tokens_per_second if reply.tokens_per_second else 0.0
+    for index, chunk in enumerate(chunks):
+        if reply.drop_after_chunks is not None and index == reply.drop_after_chunks:
+            raise ConnectionResetError
+        if reply.stall_after_chunks is not None and index == reply.stall_after_chunks:
+            await asyncio.sleep(reply.stall_seconds)
+        yield index
+        if delay and index:
+            await asyncio.sleep(delay)
+        await send(chunk)

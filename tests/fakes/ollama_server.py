@@ -1,0 +1,377 @@
+"""A loopback fake of Ollama's native API, after docs/api.md.
+
+POST /api/chat streams NDJSON message chunks and a final chunk with
+done_reason and the durations in nanoseconds (or answers one object when
+stream is false). Errors are {"error": "..."} with Ollama's status codes and
+texts: 404 for an unknown model, 400 when tools or thinking are asked of a
+model without that capability. Also GET /api/version, /api/tags, /api/ps and
+POST /api/show (with capabilities, unless the model's capabilities are None,
+as servers before 0.6.4 answer).
+
+A Reply with status 200 and an error sends {"error": ...} inside the stream
+after the text instead of the final chunk, as Ollama does when the runner
+fails mid-generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .base import FakeServer, Reply, answer_pieces, paced, words
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DEFAULT_MODELS: dict[str, Sequence[str] | None] = {
+    "llama3.2:latest": ("completion", "tools"),
+    "qwen3:latest": ("completion", "tools", "thinking"),
+    "gemma2:latest": ("completion",),
+}
+# A line that is not JSON, as a broken proxy might pass on.
+MALFORMED_LINE = b'{"model":"oops","message":{"role":"assistant","content":"cut\n'
+_DETAILS = {
+    "parent_model": "",
+    "format": "gguf",
+    "family": "llama",
+    "families": ["llama"],
+    "parameter_size": "3.2B",
+    "quantization_level": "Q4_K_M",
+}
+_DIGEST = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
+_SIZE = 2019393189
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """A model the fake reports as loaded in /api/ps."""
+
+    name: str
+    size_vram: int = _SIZE
+    expires_at: str = "2030-01-01T12:00:00Z"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A canned answer for a path: delay (math.inf: never), then status and body.
+
+    body None, after the delay, lets the normal handler answer; bytes are sent
+    as they are, anything else as JSON.
+    """
+
+    status: int = 200
+    body: Any = None
+    delay: float = 0.0
+
+
+class FakeOllama(FakeServer):
+    """Ollama server on 127.0.0.1.
+
+    models maps names to capabilities (None: the server does not report
+    them, nor refuses anything); names without a tag mean ":latest".
+    requests records every request as {"method", "path", "headers", "body"}.
+    api_key, when set, makes every path answer 401 without that bearer
+    token, as ollama.com does.
+    """
+
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, Sequence[str] | None] = DEFAULT_MODELS,
+        version: str = "0.12.6",
+        running: Sequence[RunningModel] = (),
+        api_key: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.models = {_tagged(name): caps for name, caps in models.items()}
+        self.version = version
+        self.running = list(running)
+        self.api_key = api_key
+        self.overrides: dict[str, Override] = {}
+        self.app.middlewares.append(self._record)
+        self.app.router.add_post("/api/chat", self._chat)
+        self.app.router.add_get("/api/version", self._version)
+        self.app.router.add_get("/api/tags", self._tags)
+        self.app.router.add_post("/api/show", self._show)
+        self.app.router.add_get("/api/ps", self._ps)
+
+    @property
+    def chat_bodies(self) -> list[dict[str, Any]]:
+        """Bodies of the chat requests received, in order."""
+        return [r["body"] for r in self.requests if r["path"] == "/api/chat"]
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            body = json.loads(await request.text())
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": {
+                    name: request.headers[name]
+                    for name in ("Authorization", "Content-Type")
+                    if name in request.headers
+                },
+                "body": body,
+            }
+        )
+        request["body"] = body
+        if self.api_key is not None and (
+            request.headers.get("Authorization") != f"Bearer {self.api_key}"
+        ):
+            return _error(401, "unauthorized")
+        if (override := self.overrides.get(request.path)) is not None:
+            await asyncio.sleep(override.delay)
+            if isinstance(override.body, bytes):
+                return web.Response(
+                    status=override.status,
+                    body=override.body,
+                    content_type="application/json",
+                )
+            if override.body is not None:
+                return web.json_response(override.body, status=override.status)
+        return await handler(request)
+
+    def _model(self, name: str) -> tuple[str, Sequence[str] | None] | None:
+        """The full name and capabilities of an installed model."""
+        tagged = _tagged(name)
+        if tagged not in self.models:
+            return None
+        return tagged, self.models[tagged]
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.version})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [_listing(name) for name in self.models]})
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        **_listing(model.name),
+                        "expires_at": model.expires_at,
+                        "size_vram": model.size_vram,
+                    }
+                    for model in self.running
+                ]
+            }
+        )
+
+    async def _show(self, request: web.Request) -> web.Response:
+        name = request["body"].get("model") or request["body"].get("name", "")
+        if (found := self._model(name)) is None:
+            return _error(404, f"model '{name}' not found")
+        tagged, caps = found
+        show: dict[str, Any] = {
+            "modelfile": f'# Modelfile generated by "ollama show"\nFROM {tagged}\n',
+            "parameters": 'stop "<|eot_id|>"',
+            "template": "{{ .Prompt }}",
+            "details": _DETAILS,
+            "model_info": {"general.architecture": "llama"},
+            "modified_at": "2025-05-04T17:37:44.706015396-07:00",
+        }
+        if caps is not None:
+            show["capabilities"] = list(caps)
+        return web.json_response(show)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        body = request["body"]
+        name = body.get("model", "")
+        if (found := self._model(name)) is None:
+            return _error(404, f"model '{name}' not found")
+        tagged, caps = found
+        think = body.get("think")
+        if caps is not None:
+            if "thinking" in caps:
+                think = True if think is None else think
+            elif think:
+                return _error(400, f"{json.dumps(name)} does not support thinking")
+            if body.get("tools") and "tools" not in caps:
+                return _error(400, f"{_registry_name(tagged)} does not support tools")
+        reply = self.next_reply()
+        if reply.status != 200:
+            return _error(reply.status, reply.error or "error")
+        answer = _Answer(reply, body, thinks=caps is not None and bool(think))
+        if body.get("stream", True):
+            return await _stream(request, answer, started)
+        await asyncio.sleep(reply.stall_before_first)
+        first = time.perf_counter()
+        return web.json_response(
+            {**answer.final(first - started, 0.0), "message": answer.whole_message}
+        )
+
+
+class _Answer:
+    """What the fake says to one chat request, as chunks and as a whole."""
+
+    def __init__(self, reply: Reply, body: dict[str, Any], *, thinks: bool) -> None:
+        self.reply = reply
+        self.body = body
+        thinking, text = answer_pieces(reply)
+        if not thinks:
+            thinking = []
+        self.messages: list[dict[str, Any]] = [
+            {"role": "assistant", "content": "", "thinking": piece}
+            for piece in thinking
+        ]
+        self.messages += [{"role": "assistant", "content": piece} for piece in text]
+        self.calls = [
+            {
+                "id": f"call_fake{index}",
+                "function": {
+                    "index": index,
+                    "name": call["name"],
+                    "arguments": call["arguments"],
+                },
+            }
+            for index, call in enumerate(reply.tool_calls)
+        ]
+        if self.calls:
+            self.messages.append(
+                {"role": "assistant", "content": "", "tool_calls": self.calls}
+            )
+        self.whole_message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(text),
+        }
+        if thinking:
+            self.whole_message["thinking"] = "".join(thinking)
+        if self.calls:
+            self.whole_message["tool_calls"] = self.calls
+
+    def chunk(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One streamed chunk."""
+        return {
+            "model": self.body["model"],
+            "created_at": _now(),
+            "message": message,
+            "done": False,
+        }
+
+    def final(self, prompt_seconds: float, generation_seconds: float) -> dict[str, Any]:
+        """The last chunk: done, its reason and the statistics in nanoseconds.
+
+        Scripted durations win over the measured ones.
+        """
+        reply = self.reply
+        load = reply.load_seconds or 0.0
+        prompt = _first(reply.prompt_seconds, prompt_seconds)
+        generation = _first(reply.generation_seconds, generation_seconds)
+        prompt_tokens = _first(
+            reply.prompt_tokens,
+            sum(
+                len(words(message.get("content") or ""))
+                for message in self.body.get("messages") or ()
+            ),
+        )
+        return {
+            "model": self.body["model"],
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": "stop",
+            "done": True,
+            "total_duration": _ns(load + prompt + generation),
+            "load_duration": _ns(load),
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": _ns(prompt),
+            "eval_count": _first(reply.completion_tokens, len(self.messages)),
+            "eval_duration": _ns(generation),
+        }
+
+
+async def _stream(
+    request: web.Request, answer: _Answer, started: float
+) -> web.StreamResponse:
+    """NDJSON chunks; the headers go out with the first one, as Ollama's do."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    first: float | None = None
+
+    async def write(data: bytes) -> None:
+        nonlocal first
+        if not response.prepared:
+            await response.prepare(request)
+            first = time.perf_counter()
+        await response.write(data)
+
+    async def send(message: dict[str, Any] | None) -> None:
+        if message is not None:
+            await write(_line(answer.chunk(message)))
+        elif answer.reply.error:
+            await write(_line({"error": answer.reply.error}))
+        else:
+            now = time.perf_counter()
+            start = now if first is None else first
+            await write(_line(answer.final(start - started, now - start)))
+
+    chunks: list[dict[str, Any] | None] = [*answer.messages, None]
+    try:
+        async for index in paced(answer.reply, chunks, send):
+            if index == answer.reply.malformed_after_chunks:
+                await write(MALFORMED_LINE)
+    except ConnectionResetError:
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _listing(name: str) -> dict[str, Any]:
+    """A model as /api/tags and /api/ps list it."""
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": "2025-05-04T17:37:44.706015396-07:00",
+        "size": _SIZE,
+        "digest": _DIGEST,
+        "details": _DETAILS,
+    }
+
+
+def _tagged(name: str) -> str:
+    """The name with its tag; Ollama means ":latest" when there is none."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _registry_name(tagged: str) -> str:
+    """The full name Ollama puts in capability errors."""
+    match tagged.count("/"):
+        case 0:
+            return f"registry.ollama.ai/library/{tagged}"
+        case 1:
+            return f"registry.ollama.ai/{tagged}"
+        case _:
+            return tagged
+
+
+def _first[T](scripted: T | None, measured: T) -> T:
+    return measured if scripted is None else scripted
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
