@@ -6,15 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from homeassistant.config_entries import ConfigSubentryData
+from homeassistant.const import CONF_LLM_HASS_API
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
-from homeassistant.config_entries import ConfigSubentryData
-from homeassistant.const import CONF_LLM_HASS_API
-from homeassistant.core import HomeAssistant
-from homeassistant.setup import async_setup_component
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -68,11 +68,13 @@ def router_entry(
     return MockConfigEntry(
         domain=DOMAIN,
         title="LLM Router",
+        entry_id="router",
         data={},
         options={**DEFAULT_OPTIONS, CONF_LLM_HASS_API: llm_api or [], **options},
         subentries_data=[
             ConfigSubentryData(
                 data=data,
+                subentry_id=data["name"].lower().replace(" ", "_"),
                 subentry_type=SUBENTRY_BACKEND,
                 title=data["name"],
                 unique_id=None,

@@ -6,6 +6,10 @@ from datetime import timedelta
 import math
 from typing import Any
 
+from homeassistant.components import conversation
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers import chat_session, intent, llm
+from homeassistant.util import dt as dt_util
 import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -14,10 +18,6 @@ from pytest_homeassistant_custom_component.common import (
 import voluptuous as vol
 
 from custom_components.llm_router.engine.breaker import BreakerState
-from homeassistant.components import conversation
-from homeassistant.core import Context, HomeAssistant
-from homeassistant.helpers import intent, llm
-from homeassistant.util import dt as dt_util
 from tests.conftest import backend, router_entry, setup_router, until
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
@@ -26,7 +26,9 @@ from tests.fakes.openai_server import FakeOpenAI
 AGENT = "conversation.llm_router"
 
 
-async def ask(hass: HomeAssistant, text: str, conversation_id: str | None = None) -> Any:
+async def ask(
+    hass: HomeAssistant, text: str, conversation_id: str | None = None
+) -> Any:
     return await conversation.async_converse(
         hass, text, conversation_id, Context(), agent_id=AGENT
     )
@@ -51,7 +53,9 @@ def breaker(entry: MockConfigEntry, name: str) -> BreakerState:
 async def test_refused_gpu_falls_back_to_pi_in_same_turn(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:
-    entry = await setup_router(hass, router_entry(gpu(closed_port_url()), pi(ollama.url)))
+    entry = await setup_router(
+        hass, router_entry(gpu(closed_port_url()), pi(ollama.url))
+    )
     ollama.script(Reply(text="The kitchen light is on."))
     result = await ask(hass, "Is the kitchen light on?")
     assert speech(result) == "The kitchen light is on."
@@ -136,10 +140,22 @@ async def test_router_without_backends(hass: HomeAssistant) -> None:
     ("kind", "reply", "extra"),
     [
         ("ollama_thinking_field", Reply(thinking="Lamp status?", text="It is on."), {}),
-        ("ollama_inline", Reply(thinking="Lamp status?", inline_think=True, text="It is on."), {}),
-        ("openai_reasoning_content", Reply(thinking="Lamp status?", text="It is on."), {}),
+        (
+            "ollama_inline",
+            Reply(thinking="Lamp status?", inline_think=True, text="It is on."),
+            {},
+        ),
+        (
+            "openai_reasoning_content",
+            Reply(thinking="Lamp status?", text="It is on."),
+            {},
+        ),
         ("openai_reasoning", Reply(thinking="Lamp status?", text="It is on."), {}),
-        ("openai_no_opening_tag", Reply(thinking="Lamp status?", inline_think="open", text="It is on."), {"think": True}),
+        (
+            "openai_no_opening_tag",
+            Reply(thinking="Lamp status?", inline_think="open", text="It is on."),
+            {"think": True},
+        ),
     ],
 )
 async def test_reasoning_is_never_spoken(
@@ -162,8 +178,9 @@ async def test_reasoning_is_never_spoken(
     assert chat.thinking_content == "Lamp status?"
 
 
-def _last_assistant(hass: HomeAssistant, conversation_id: str) -> conversation.AssistantContent:
-    from homeassistant.helpers import chat_session
+def _last_assistant(
+    hass: HomeAssistant, conversation_id: str
+) -> conversation.AssistantContent:
 
     with (
         chat_session.async_get_chat_session(hass, conversation_id) as session,
@@ -187,7 +204,9 @@ async def test_drop_mid_answer_ends_with_what_was_said(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> None:
     entry = await setup_router(hass, router_entry(gpu(openai.url), pi(ollama.url)))
-    openai.script(Reply(text="The lamp is on and the door is locked.", drop_after_chunks=3))
+    openai.script(
+        Reply(text="The lamp is on and the door is locked.", drop_after_chunks=3)
+    )
     result = await ask(hass, "Status?")
     assert speech(result) == "The lamp is (GPU server stopped answering.)"
     assert ollama.chat_bodies == []
@@ -205,7 +224,10 @@ class LampTool(llm.Tool):
         self.calls: list[dict[str, Any]] = []
 
     async def async_call(
-        self, hass: HomeAssistant, tool_input: llm.ToolInput, llm_context: llm.LLMContext
+        self,
+        hass: HomeAssistant,
+        tool_input: llm.ToolInput,
+        llm_context: llm.LLMContext,
     ) -> dict[str, Any]:
         self.calls.append(tool_input.tool_args)
         return {"success": True}
@@ -218,9 +240,14 @@ class LampAPI(llm.API):
         super().__init__(hass=hass, id="lamp", name="Lamp")
         self.tool = tool
 
-    async def async_get_api_instance(self, llm_context: llm.LLMContext) -> llm.APIInstance:
+    async def async_get_api_instance(
+        self, llm_context: llm.LLMContext
+    ) -> llm.APIInstance:
         return llm.APIInstance(
-            api=self, api_prompt="Use the lamp tool.", llm_context=llm_context, tools=[self.tool]
+            api=self,
+            api_prompt="Use the lamp tool.",
+            llm_context=llm_context,
+            tools=[self.tool],
         )
 
 
@@ -231,10 +258,15 @@ def lamp(hass: HomeAssistant) -> LampTool:
     return tool
 
 
-async def test_tool_call_loop(hass: HomeAssistant, ollama: FakeOllama, lamp: LampTool) -> None:
+async def test_tool_call_loop(
+    hass: HomeAssistant, ollama: FakeOllama, lamp: LampTool
+) -> None:
     await setup_router(hass, router_entry(pi(ollama.url), llm_api=["lamp"]))
     ollama.script(
-        Reply(text="", tool_calls=[{"name": "turn_on_lamp", "arguments": {"room": "kitchen"}}]),
+        Reply(
+            text="",
+            tool_calls=[{"name": "turn_on_lamp", "arguments": {"room": "kitchen"}}],
+        ),
         Reply(text="The kitchen lamp is on."),
     )
     result = await ask(hass, "Turn on the kitchen lamp")
@@ -254,14 +286,19 @@ async def test_tool_loop_is_bounded(
         text="", tool_calls=[{"name": "turn_on_lamp", "arguments": {"room": "hall"}}]
     )
     result = await ask(hass, "Turn on the lamp forever")
-    assert speech(result) == "I stopped because the model kept calling tools without answering."
+    assert (
+        speech(result)
+        == "I stopped because the model kept calling tools without answering."
+    )
     assert len(lamp.calls) == 10
 
 
 async def test_model_without_tools_is_asked_without_tools(
     hass: HomeAssistant, ollama: FakeOllama, lamp: LampTool
 ) -> None:
-    await setup_router(hass, router_entry(pi(ollama.url, model="gemma2"), llm_api=["lamp"]))
+    await setup_router(
+        hass, router_entry(pi(ollama.url, model="gemma2"), llm_api=["lamp"])
+    )
     result = await ask(hass, "Turn on the lamp")
     assert speech(result) == "Hello from the fake."
     assert not ollama.chat_bodies[0].get("tools")

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import issue_registry as ir
 
+from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN
+from .coordinator import (
+    BackendHealthCoordinator,
+    model_missing_issue_id,
+    unreachable_issue_id,
+)
 from .runtime import LLMRouterConfigEntry, create_router
 
-PLATFORMS = (Platform.CONVERSATION,)
+PLATFORMS = (Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR)
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> bool:
     """Set up a router; its backends may still be down (they are probed)."""
-    entry.runtime_data = create_router(hass, entry)
-    router = entry.runtime_data.router
-    entry.async_on_unload(router.close)
-    # Learn who is up without delaying setup; an unreachable backend's
-    # breaker opens, so the first turn does not wait for it.
-    for name in router.states:
-        router.request_probe(name)
+    data = create_router(hass, entry)
+    entry.runtime_data = data
+    entry.async_on_unload(data.router.close)
+    interval = timedelta(
+        seconds=entry.options.get(CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL)
+    )
+    for name, subentry_id in data.backend_subentries.items():
+        coordinator = BackendHealthCoordinator(
+            hass,
+            entry,
+            router=data.router,
+            backend_name=name,
+            subentry_id=subentry_id,
+            interval=interval,
+        )
+        data.coordinators[name] = coordinator
+        # Learn who is up without delaying setup: a server that is down
+        # opens its breaker, so the first turn does not wait for it.
+        entry.async_create_background_task(
+            hass, coordinator.async_refresh(), f"llm_router probe {name}"
+        )
+    _async_delete_orphan_issues(hass)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True
@@ -29,6 +53,33 @@ async def async_unload_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
 
 
+async def async_remove_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> None:
+    """Remove the router's repair issues with it."""
+    for subentry_id in entry.subentries:
+        _async_delete_issues(hass, subentry_id)
+
+
 async def _async_reload(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> None:
     """Backends or options changed: rebuild the router."""
     await hass.config_entries.async_reload(entry.entry_id)
+
+
+def _async_delete_orphan_issues(hass: HomeAssistant) -> None:
+    """Drop repair issues of backends that no router has any more."""
+    known = {
+        issue_id(subentry_id)
+        for entry in hass.config_entries.async_entries(DOMAIN)
+        for subentry_id in entry.subentries
+        for issue_id in (unreachable_issue_id, model_missing_issue_id)
+    }
+    for domain, issue_id in list(ir.async_get(hass).issues):
+        if domain == DOMAIN and issue_id not in known:
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
+
+
+def _async_delete_issues(hass: HomeAssistant, subentry_id: str) -> None:
+    for issue_id in (
+        unreachable_issue_id(subentry_id),
+        model_missing_issue_id(subentry_id),
+    ):
+        ir.async_delete_issue(hass, DOMAIN, issue_id)

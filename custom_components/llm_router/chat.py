@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 import json
 from typing import Any
 
-from voluptuous_openapi import convert
-
 from homeassistant.components import conversation
 from homeassistant.helpers import llm
 from homeassistant.helpers.translation import async_get_exception_message
+from voluptuous_openapi import convert
 
 from .const import DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
 from .engine.models import (
@@ -91,7 +90,9 @@ def trim_history(messages: list[ChatMessage], max_history: int) -> list[ChatMess
 
 def stopped_sentence(backend: str) -> str:
     """Said when a backend stops in the middle of its answer."""
-    return async_get_exception_message(DOMAIN, "stopped_answering", {"backend": backend})
+    return async_get_exception_message(
+        DOMAIN, "stopped_answering", {"backend": backend}
+    )
 
 
 def failure_sentence(error: AllBackendsFailed) -> str:
@@ -119,7 +120,9 @@ async def _deltas(turn: Turn) -> AsyncIterator[conversation.AssistantContentDelt
                 yield {
                     "tool_calls": [
                         llm.ToolInput(
-                            id=call.id, tool_name=call.name, tool_args=dict(call.arguments)
+                            id=call.id,
+                            tool_name=call.name,
+                            tool_args=dict(call.arguments),
                         )
                         for call in event.calls
                     ]
@@ -165,7 +168,9 @@ async def async_run_chat_log(
             pass
         if not chat_log.unresponded_tool_results:
             return report
-    LOGGER.warning("The model kept calling tools; stopped after %s calls", MAX_TOOL_ITERATIONS)
+    LOGGER.warning(
+        "The model kept calling tools; stopped after %s calls", MAX_TOOL_ITERATIONS
+    )
     chat_log.async_add_assistant_content_without_tools(
         conversation.AssistantContent(
             agent_id, async_get_exception_message(DOMAIN, "tool_loop_limit") + "."

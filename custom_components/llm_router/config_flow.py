@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import voluptuous as vol
-from yarl import URL
-
 from homeassistant.config_entries import (
     SOURCE_RECONFIGURE,
     ConfigEntry,
@@ -32,6 +29,7 @@ from homeassistant.helpers.selector import (
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
+    SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -40,6 +38,8 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
+import voluptuous as vol
+from yarl import URL
 
 from .const import (
     CONF_BACKEND,
@@ -52,6 +52,7 @@ from .const import (
     CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
+    CONF_PROBE_INTERVAL,
     CONF_PROMPT,
     CONF_SKIP_CHECK,
     CONF_THINK,
@@ -62,6 +63,7 @@ from .const import (
     DEFAULT_MAX_PARALLEL,
     DEFAULT_NUM_CTX,
     DEFAULT_PRIORITY,
+    DEFAULT_PROBE_INTERVAL,
     DEFAULT_ROUTER_NAME,
     DOMAIN,
     SUBENTRY_BACKEND,
@@ -76,6 +78,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_LLM_HASS_API: [llm.LLM_API_ASSIST],
     CONF_MAX_HISTORY: DEFAULT_MAX_HISTORY,
     CONF_POLICY: PolicyName.ORDERED,
+    CONF_PROBE_INTERVAL: DEFAULT_PROBE_INTERVAL,
 }
 
 
@@ -133,11 +136,15 @@ def _model_schema(
             )
         ),
         vol.Required(CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)): (
-            NumberSelector(NumberSelectorConfig(min=1, max=100, mode=NumberSelectorMode.BOX))
+            NumberSelector(
+                NumberSelectorConfig(min=1, max=100, mode=NumberSelectorMode.BOX)
+            )
         ),
         vol.Required(
             CONF_MAX_PARALLEL, default=default(CONF_MAX_PARALLEL, DEFAULT_MAX_PARALLEL)
-        ): NumberSelector(NumberSelectorConfig(min=1, max=64, mode=NumberSelectorMode.BOX)),
+        ): NumberSelector(
+            NumberSelectorConfig(min=1, max=64, mode=NumberSelectorMode.BOX)
+        ),
         vol.Required(
             CONF_CONNECT_TIMEOUT,
             default=default(CONF_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
@@ -150,11 +157,15 @@ def _model_schema(
     }
     if kind is BackendKind.OLLAMA:
         fields[
-            vol.Required(CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE))
+            vol.Required(
+                CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE)
+            )
         ] = str
-        fields[vol.Required(CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX))] = (
-            NumberSelector(
-                NumberSelectorConfig(min=256, max=1048576, step=256, mode=NumberSelectorMode.BOX)
+        fields[
+            vol.Required(CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX))
+        ] = NumberSelector(
+            NumberSelectorConfig(
+                min=256, max=1048576, step=256, mode=NumberSelectorMode.BOX
             )
         )
     return vol.Schema(fields)
@@ -189,7 +200,9 @@ async def _async_check_server(
     return {}, models
 
 
-async def _async_check_model(hass: HomeAssistant, data: Mapping[str, Any]) -> dict[str, str]:
+async def _async_check_model(
+    hass: HomeAssistant, data: Mapping[str, Any]
+) -> dict[str, str]:
     """Form errors for the chosen model."""
     backend = create_backend(hass, backend_config(data))
     try:
@@ -305,7 +318,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
             if self._name_taken(self._server[CONF_NAME]):
                 errors = {CONF_NAME: "name_exists"}
             elif not user_input.get(CONF_SKIP_CHECK):
-                errors, self._models = await _async_check_server(self.hass, self._server)
+                errors, self._models = await _async_check_server(
+                    self.hass, self._server
+                )
             if not errors:
                 self._skip_check = bool(user_input.get(CONF_SKIP_CHECK))
                 return await self.async_step_model()
@@ -318,7 +333,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
     async_step_reconfigure = async_step_user
 
     def _name_taken(self, name: str) -> bool:
-        own = self._reconfigure_subentry_id if self.source == SOURCE_RECONFIGURE else None
+        own = (
+            self._reconfigure_subentry_id if self.source == SOURCE_RECONFIGURE else None
+        )
         return any(
             subentry.data[CONF_NAME] == name and subentry.subentry_id != own
             for subentry in backend_subentries(self._get_entry())
@@ -345,7 +362,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
                 return self.async_create_entry(title=data[CONF_NAME], data=data)
         return self.async_show_form(
             step_id="model",
-            data_schema=_model_schema(kind, self._models, user_input or self._defaults()),
+            data_schema=_model_schema(
+                kind, self._models, user_input or self._defaults()
+            ),
             errors=errors,
         )
 
@@ -365,11 +384,13 @@ class LLMRouterOptionsFlow(OptionsFlow):
                     CONF_LLM_HASS_API: [],
                     **user_input,
                     CONF_MAX_HISTORY: int(user_input[CONF_MAX_HISTORY]),
+                    CONF_PROBE_INTERVAL: int(user_input[CONF_PROBE_INTERVAL]),
                 }
             )
         options = {**DEFAULT_OPTIONS, **self.config_entry.options}
         apis = [
-            {"value": api.id, "label": api.name} for api in llm.async_get_apis(self.hass)
+            SelectOptionDict(value=api.id, label=api.name)
+            for api in llm.async_get_apis(self.hass)
         ]
         schema = vol.Schema(
             {
@@ -382,11 +403,25 @@ class LLMRouterOptionsFlow(OptionsFlow):
                 ): SelectSelector(SelectSelectorConfig(options=apis, multiple=True)),
                 vol.Required(CONF_MAX_HISTORY, default=options[CONF_MAX_HISTORY]): (
                     NumberSelector(
-                        NumberSelectorConfig(min=0, max=100, mode=NumberSelectorMode.BOX)
+                        NumberSelectorConfig(
+                            min=0, max=100, mode=NumberSelectorMode.BOX
+                        )
+                    )
+                ),
+                vol.Required(
+                    CONF_PROBE_INTERVAL, default=options[CONF_PROBE_INTERVAL]
+                ): NumberSelector(
+                    NumberSelectorConfig(
+                        min=5,
+                        max=3600,
+                        unit_of_measurement="s",
+                        mode=NumberSelectorMode.BOX,
                     )
                 ),
                 vol.Required(CONF_POLICY, default=options[CONF_POLICY]): SelectSelector(
-                    SelectSelectorConfig(options=list(PolicyName), translation_key=CONF_POLICY)
+                    SelectSelectorConfig(
+                        options=list(PolicyName), translation_key=CONF_POLICY
+                    )
                 ),
             }
         )

@@ -26,6 +26,7 @@ CONF_BACKEND: Final = "backend"
 CONF_PROMPT: Final = "prompt"
 CONF_MAX_HISTORY: Final = "max_history"
 CONF_POLICY: Final = "policy"
+CONF_PROBE_INTERVAL: Final = "probe_interval"
 
 DEFAULT_ROUTER_NAME: Final = "LLM Router"
 DEFAULT_PRIORITY: Final = 1
@@ -35,6 +36,7 @@ DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 30.0
 DEFAULT_KEEP_ALIVE: Final = "30m"
 DEFAULT_NUM_CTX: Final = 8192
 DEFAULT_MAX_HISTORY: Final = 10
+DEFAULT_PROBE_INTERVAL: Final = 30
 
 # Bound on model calls for one user turn, so a model that keeps calling
 # tools cannot loop forever.

@@ -26,9 +26,7 @@ async def async_setup_entry(
     async_add_entities([LLMRouterConversationEntity(entry)])
 
 
-class LLMRouterConversationEntity(
-    LLMRouterEntity, conversation.ConversationEntity, conversation.AbstractConversationAgent
-):
+class LLMRouterConversationEntity(LLMRouterEntity, conversation.ConversationEntity):
     """One agent for all backends: routed, with fallback."""
 
     _attr_name = None
@@ -38,22 +36,14 @@ class LLMRouterConversationEntity(
         """Create the agent of a router entry."""
         super().__init__(entry, "conversation")
         if entry.options.get(CONF_LLM_HASS_API):
-            self._attr_supported_features = conversation.ConversationEntityFeature.CONTROL
+            self._attr_supported_features = (
+                conversation.ConversationEntityFeature.CONTROL
+            )
 
     @property
     def supported_languages(self) -> list[str] | Literal["*"]:
         """Models answer in any language."""
         return MATCH_ALL
-
-    async def async_added_to_hass(self) -> None:
-        """Register as the entry's agent."""
-        await super().async_added_to_hass()
-        conversation.async_set_agent(self.hass, self.entry, self)
-
-    async def async_will_remove_from_hass(self) -> None:
-        """Unregister the agent."""
-        conversation.async_unset_agent(self.hass, self.entry)
-        await super().async_will_remove_from_hass()
 
     async def _async_handle_message(
         self,
@@ -72,7 +62,7 @@ class LLMRouterConversationEntity(
         except conversation.ConverseError as err:
             return err.as_conversation_result()
         try:
-            await async_run_chat_log(
+            report = await async_run_chat_log(
                 self.entry.runtime_data.router, chat_log, self.entity_id, options
             )
         except AllBackendsFailed as err:
@@ -86,4 +76,5 @@ class LLMRouterConversationEntity(
             return conversation.ConversationResult(
                 response=response, conversation_id=chat_log.conversation_id
             )
+        self.entry.runtime_data.async_record(report)
         return conversation.async_get_result_from_chat_log(user_input, chat_log)

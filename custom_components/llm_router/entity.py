@@ -1,16 +1,37 @@
-"""Entity base of the LLM Router integration."""
+"""Entity bases of the LLM Router integration."""
 
 from __future__ import annotations
 
+from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity
+from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .const import DOMAIN
+from .coordinator import BackendHealthCoordinator
+from .engine.models import BackendKind
+from .engine.router import BackendState
 from .runtime import LLMRouterConfigEntry
+
+MANUFACTURERS = {
+    BackendKind.OLLAMA: "Ollama",
+    BackendKind.OPENAI: "OpenAI-compatible server",
+}
+
+
+def router_device(entry: LLMRouterConfigEntry) -> DeviceInfo:
+    """The router's own device."""
+    return DeviceInfo(
+        identifiers={(DOMAIN, entry.entry_id)},
+        name=entry.title,
+        manufacturer="LLM Router",
+        model="Router",
+        entry_type=DeviceEntryType.SERVICE,
+    )
 
 
 class LLMRouterEntity(Entity):
-    """An entity of a router's device."""
+    """An entity of the router's device."""
 
     _attr_has_entity_name = True
 
@@ -18,10 +39,63 @@ class LLMRouterEntity(Entity):
         """Attach the entity to the router's device."""
         self.entry = entry
         self._attr_unique_id = f"{entry.entry_id}_{key}"
-        self._attr_device_info = DeviceInfo(
-            identifiers={(DOMAIN, entry.entry_id)},
-            name=entry.title,
-            manufacturer="LLM Router",
-            model="Router",
-            entry_type=DeviceEntryType.SERVICE,
+        self._attr_device_info = router_device(entry)
+
+
+class LLMRouterStateEntity(LLMRouterEntity):
+    """A router entity whose state follows every change of router state."""
+
+    _attr_should_poll = False
+
+    async def async_added_to_hass(self) -> None:
+        """Update on every router change."""
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            self.entry.runtime_data.async_add_listener(self.async_write_ha_state)
         )
+
+
+class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator]):
+    """An entity of one backend's device.
+
+    Updated by its health probes and by every routed request.
+    """
+
+    _attr_has_entity_name = True
+
+    def __init__(
+        self,
+        entry: LLMRouterConfigEntry,
+        coordinator: BackendHealthCoordinator,
+        key: str,
+    ) -> None:
+        """Attach the entity to its backend's device."""
+        super().__init__(coordinator)
+        self.entry = entry
+        config = self.backend.config
+        self._attr_unique_id = f"{coordinator.subentry_id}_{key}"
+        self._attr_device_info = DeviceInfo(
+            identifiers={(DOMAIN, coordinator.subentry_id)},
+            name=config.name,
+            manufacturer=MANUFACTURERS[config.kind],
+            model=config.model,
+            sw_version=self.backend.version,
+            configuration_url=config.url,
+            via_device=(DOMAIN, entry.entry_id),
+        )
+
+    @property
+    def backend(self) -> BackendState:
+        """What the router knows about this entity's backend."""
+        return self.coordinator.router.states[self.coordinator.backend_name]
+
+    async def async_added_to_hass(self) -> None:
+        """Also update on routed requests, not only on probes."""
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            self.entry.runtime_data.async_add_listener(self._handle_coordinator_update)
+        )
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        self.async_write_ha_state()

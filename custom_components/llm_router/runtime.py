@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigEntry, ConfigSubentry
 from homeassistant.const import CONF_API_KEY, CONF_MODEL, CONF_NAME, CONF_URL
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.util.ssl import get_default_context
 
@@ -35,6 +35,10 @@ from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
 from .engine.router import Router
 
+if TYPE_CHECKING:
+    from .chat import ChatReport
+    from .coordinator import BackendHealthCoordinator
+
 
 @dataclass
 class LLMRouterData:
@@ -43,6 +47,33 @@ class LLMRouterData:
     router: Router
     backend_subentries: dict[str, str]
     """Backend name -> subentry id."""
+    coordinators: dict[str, BackendHealthCoordinator] = field(default_factory=dict)
+    """Backend name -> its health coordinator."""
+    fallbacks: int = 0
+    """User turns answered by other than the first choice."""
+    last_backend: str | None = None
+    _listeners: list[CALLBACK_TYPE] = field(default_factory=list)
+
+    @callback
+    def async_add_listener(self, listener: CALLBACK_TYPE) -> Callable[[], None]:
+        """Call listener on every change of router state."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @callback
+    def async_notify(self) -> None:
+        """Tell every listener that router state changed."""
+        for listener in list(self._listeners):
+            listener()
+
+    @callback
+    def async_record(self, report: ChatReport) -> None:
+        """Count one answered user request."""
+        if report.served_by is None:
+            return
+        self.last_backend = report.served_by
+        self.fallbacks += report.fell_back
+        self.async_notify()
 
 
 type LLMRouterConfigEntry = ConfigEntry[LLMRouterData]
@@ -66,7 +97,9 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
         ),
         think=bool(data.get(CONF_THINK, False)),
         keep_alive=data.get(CONF_KEEP_ALIVE) if is_ollama else None,
-        num_ctx=int(data[CONF_NUM_CTX]) if is_ollama and data.get(CONF_NUM_CTX) else None,
+        num_ctx=int(data[CONF_NUM_CTX])
+        if is_ollama and data.get(CONF_NUM_CTX)
+        else None,
     )
 
 
@@ -91,7 +124,9 @@ def create_router(hass: HomeAssistant, entry: ConfigEntry) -> LLMRouterData:
     """Build the router for a config entry from its subentries and options."""
     subentries = backend_subentries(entry)
     backends = [create_backend(hass, backend_config(s.data)) for s in subentries]
-    policy = create_policy(PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED)))
+    policy = create_policy(
+        PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
+    )
     return LLMRouterData(
         router=Router(backends, policy=policy),
         backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},

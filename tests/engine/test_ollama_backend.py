@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 import math
+import ssl
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
-from tests.fakes.base import Reply, closed_port_url, unanswered_url
+from tests.fakes.base import Reply, closed_port_url, self_signed_tls, unanswered_url
 from tests.fakes.ollama_server import FakeOllama, Override, RunningModel
 
 ASK = ChatRequest(messages=(ChatMessage("user", "Turn on the kitchen light"),))
@@ -70,11 +71,30 @@ async def fake() -> AsyncIterator[FakeOllama]:
         yield server
 
 
-def backend(session: aiohttp.ClientSession, url: str, **config: Any) -> OllamaBackend:
-    options: dict[str, Any] = {"model": "llama3.2", **config}
-    return OllamaBackend(
-        BackendConfig(name="pi", kind=BackendKind.OLLAMA, url=url, **options), session
-    )
+Make = Callable[..., OllamaBackend]
+
+
+@pytest.fixture
+async def make(session: aiohttp.ClientSession) -> AsyncIterator[Make]:
+    """Build backends on the shared session; closed after the test."""
+    built: list[OllamaBackend] = []
+
+    def build(
+        url: str, *, verify: ssl.SSLContext | bool = True, **config: Any
+    ) -> OllamaBackend:
+        options: dict[str, Any] = {"model": "llama3.2", **config}
+        built.append(
+            OllamaBackend(
+                BackendConfig(name="pi", kind=BackendKind.OLLAMA, url=url, **options),
+                session,
+                verify=verify,
+            )
+        )
+        return built[-1]
+
+    yield build
+    for target in built:
+        await target.close()
 
 
 async def collect(
@@ -101,12 +121,10 @@ def reasoning_of(events: list[StreamEvent]) -> str:
 # Streaming
 
 
-async def test_streams_text_then_one_stats(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_streams_text_then_one_stats(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="The kitchen light is on."))
 
-    events = await collect(backend(session, fake.url))
+    events = await collect(make(fake.url))
 
     assert text_of(events) == "The kitchen light is on."
     assert len([e for e in events if isinstance(e, TextDelta)]) == 5  # word by word
@@ -115,12 +133,12 @@ async def test_streams_text_then_one_stats(
 
 
 async def test_thinking_arrives_as_reasoning_before_text(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, make: Make
 ) -> None:
     fake.script(Reply(thinking="The user wants light.", text="Done."))
 
     events = await collect(
-        backend(session, fake.url, model="qwen3"), ChatRequest(ASK.messages, think=True)
+        make(fake.url, model="qwen3"), ChatRequest(ASK.messages, think=True)
     )
 
     assert reasoning_of(events) == "The user wants light."
@@ -139,22 +157,24 @@ async def test_thinking_arrives_as_reasoning_before_text(
     ],
 )
 async def test_inline_think_tags_stay_in_the_text(
-    fake: FakeOllama, session: aiohttp.ClientSession, inline: bool | str, expected: str
+    fake: FakeOllama, make: Make, inline: bool | str, expected: str
 ) -> None:
-    fake.script(Reply(thinking="Light, kitchen.", text="It is on.", inline_think=inline))
+    fake.script(
+        Reply(thinking="Light, kitchen.", text="It is on.", inline_think=inline)
+    )
 
-    events = await collect(backend(session, fake.url))
+    events = await collect(make(fake.url))
 
     assert text_of(events) == expected
     assert not reasoning_of(events)
 
 
-async def test_tool_calls_get_ids(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_tool_calls_get_ids(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="", tool_calls=[LIGHT_ON, FAN_OFF]))
 
-    events = await collect(backend(session, fake.url), ChatRequest(ASK.messages, tools=(LIGHT_TOOL,)))
+    events = await collect(
+        make(fake.url), ChatRequest(ASK.messages, tools=(LIGHT_TOOL,))
+    )
 
     [delta] = [e for e in events if isinstance(e, ToolCallDelta)]
     assert [(call.name, call.arguments) for call in delta.calls] == [
@@ -162,12 +182,13 @@ async def test_tool_calls_get_ids(
         ("HassTurnOff", {"area": "bedroom", "domain": ["fan"]}),
     ]
     ids = [call.id for call in delta.calls]
-    assert all(ids) and len(set(ids)) == 2
+    assert all(ids)
+    assert len(set(ids)) == 2
     assert isinstance(events[-1], ServerStats)
 
 
 async def test_stats_come_from_the_final_chunk_in_seconds(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, make: Make
 ) -> None:
     fake.script(
         Reply(
@@ -179,7 +200,7 @@ async def test_stats_come_from_the_final_chunk_in_seconds(
         )
     )
 
-    stats = (await collect(backend(session, fake.url)))[-1]
+    stats = (await collect(make(fake.url)))[-1]
 
     assert stats == ServerStats(
         prompt_tokens=120,
@@ -189,19 +210,18 @@ async def test_stats_come_from_the_final_chunk_in_seconds(
         load_seconds=1.25,
     )
     assert isinstance(stats, ServerStats)
-    assert stats.completion_tokens is not None and stats.generation_seconds
+    assert stats.completion_tokens is not None
+    assert stats.generation_seconds
     assert stats.completion_tokens / stats.generation_seconds == 20.0
 
 
-async def test_final_chunk_without_statistics(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_final_chunk_without_statistics(fake: FakeOllama, make: Make) -> None:
     fake.overrides["/api/chat"] = Override(
         body=b'{"model":"llama3.2","created_at":"2025-01-01T00:00:00Z",'
         b'"message":{"role":"assistant","content":"Hi"},"done":true}\n'
     )
 
-    events = await collect(backend(session, fake.url))
+    events = await collect(make(fake.url))
 
     assert events == [TextDelta("Hi"), ServerStats()]
 
@@ -209,16 +229,18 @@ async def test_final_chunk_without_statistics(
 # What the backend sends
 
 
-async def test_request_body(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+async def test_request_body(fake: FakeOllama, make: Make) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
-    target = backend(session, fake.url, keep_alive="30m", num_ctx=8192)
+    target = make(fake.url, keep_alive="30m", num_ctx=8192)
 
     await collect(target, ChatRequest(ASK.messages, response_schema=schema))
 
     [body] = fake.chat_bodies
     assert body["model"] == "llama3.2"
     assert body["stream"] is True
-    assert body["messages"] == [{"role": "user", "content": "Turn on the kitchen light"}]
+    assert body["messages"] == [
+        {"role": "user", "content": "Turn on the kitchen light"}
+    ]
     assert body["keep_alive"] == "30m"
     assert body["options"] == {"num_ctx": 8192}
     assert body["format"] == schema
@@ -226,10 +248,8 @@ async def test_request_body(fake: FakeOllama, session: aiohttp.ClientSession) ->
     assert "think" not in body
 
 
-async def test_optional_fields_are_left_out(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
-    await collect(backend(session, fake.url))
+async def test_optional_fields_are_left_out(fake: FakeOllama, make: Make) -> None:
+    await collect(make(fake.url))
 
     [body] = fake.chat_bodies
     assert not {"keep_alive", "options", "format", "think"} & body.keys()
@@ -247,33 +267,33 @@ async def test_optional_fields_are_left_out(
 )
 async def test_think_flag(
     fake: FakeOllama,
-    session: aiohttp.ClientSession,
+    make: Make,
     configured: bool,
     requested: bool | None,
     sent: bool | None,
 ) -> None:
-    target = backend(session, fake.url, model="qwen3", think=configured)
+    target = make(fake.url, model="qwen3", think=configured)
 
     await collect(target, ChatRequest(ASK.messages, think=requested))
 
     assert fake.chat_bodies[0].get("think") == sent
 
 
-async def test_tools_and_tool_messages(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_tools_and_tool_messages(fake: FakeOllama, make: Make) -> None:
     bare_tool = ToolSpec("GetTime", None, {"type": "object", "properties": {}})
     conversation = (
         ChatMessage("system", "You control a home."),
         ChatMessage("user", "Turn on the kitchen light"),
-        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "HassTurnOn", LIGHT),)),
+        ChatMessage(
+            "assistant", "", tool_calls=(ToolCall("call_1", "HassTurnOn", LIGHT),)
+        ),
         ChatMessage(
             "tool", '{"success": true}', tool_call_id="call_1", tool_name="HassTurnOn"
         ),
     )
 
     await collect(
-        backend(session, fake.url),
+        make(fake.url),
         ChatRequest(conversation, tools=(LIGHT_TOOL, bare_tool)),
     )
 
@@ -295,7 +315,10 @@ async def test_tools_and_tool_messages(
         },
         {
             "type": "function",
-            "function": {"name": "GetTime", "parameters": {"type": "object", "properties": {}}},
+            "function": {
+                "name": "GetTime",
+                "parameters": {"type": "object", "properties": {}},
+            },
         },
     ]
     tool_result: dict[str, Any] = {"role": "tool", "content": '{"success": true}'}
@@ -312,42 +335,48 @@ async def test_tools_and_tool_messages(
     ]
 
 
-async def test_api_key_is_sent_as_bearer_token(session: aiohttp.ClientSession) -> None:
+async def test_api_key_is_sent_as_bearer_token(make: Make) -> None:
     async with FakeOllama(api_key=KEY) as fake:
-        target = backend(session, fake.url, api_key=KEY)
+        target = make(fake.url, api_key=KEY)
 
         await collect(target)
         await target.probe()
 
-    assert {r["path"] for r in fake.requests} == {"/api/chat", "/api/version", "/api/ps"}
+    assert {r["path"] for r in fake.requests} == {
+        "/api/chat",
+        "/api/version",
+        "/api/ps",
+    }
     assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in fake.requests)
 
 
 # Failures
 
 
-async def test_refused_connection(session: aiohttp.ClientSession) -> None:
-    target = backend(session, closed_port_url())
+async def test_refused_connection(make: Make) -> None:
+    target = make(closed_port_url())
 
     for call in (collect(target), target.probe(), target.list_models()):
-        with pytest.raises(BackendUnreachable, match="^connection refused$"):
+        with pytest.raises(BackendUnreachable, match=r"^connection refused$"):
             await call
 
 
-async def test_connect_timeout_means_unreachable(session: aiohttp.ClientSession) -> None:
+async def test_connect_timeout_means_unreachable(
+    make: Make,
+) -> None:
     with unanswered_url() as url:
-        target = backend(session, url, connect_timeout=0.2)
+        target = make(url, connect_timeout=0.2)
 
         for call in (collect(target), target.probe(), target.model_details()):
-            with pytest.raises(BackendUnreachable, match="^connect timed out$"):
+            with pytest.raises(BackendUnreachable, match=r"^connect timed out$"):
                 await call
 
 
 async def test_server_that_never_answers_can_be_cancelled(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, make: Make
 ) -> None:
     fake.script(Reply(stall_before_first=math.inf), Reply(text="Back again."))
-    target = backend(session, fake.url)
+    target = make(fake.url)
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
@@ -358,84 +387,76 @@ async def test_server_that_never_answers_can_be_cancelled(
     assert text_of(await collect(target)) == "Back again."
 
 
-async def test_stall_mid_stream_can_be_cancelled(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_stall_mid_stream_can_be_cancelled(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="one two three four", stall_after_chunks=2))
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
-            await collect_into(seen, backend(session, fake.url))
+            await collect_into(seen, make(fake.url))
 
     assert seen == [TextDelta("one"), TextDelta(" two")]
 
 
-async def test_drop_mid_stream(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+async def test_drop_mid_stream(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="one two three four", drop_after_chunks=2))
     seen: list[StreamEvent] = []
 
-    with pytest.raises(BadResponse, match="^connection lost mid-answer$"):
-        await collect_into(seen, backend(session, fake.url))
+    with pytest.raises(BadResponse, match=r"^connection lost mid-answer$"):
+        await collect_into(seen, make(fake.url))
 
     assert seen == [TextDelta("one"), TextDelta(" two")]
 
 
-async def test_drop_before_answering(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_drop_before_answering(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(drop_after_chunks=0))
 
-    with pytest.raises(BackendUnreachable, match="^connection lost$"):
-        await collect(backend(session, fake.url))
+    with pytest.raises(BackendUnreachable, match=r"^connection lost$"):
+        await collect(make(fake.url))
 
 
-async def test_drop_before_the_final_chunk(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_drop_before_the_final_chunk(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="one two", drop_after_chunks=2))
 
     with pytest.raises(BadResponse, match="mid-answer"):
-        await collect(backend(session, fake.url))
+        await collect(make(fake.url))
 
 
-async def test_stream_ending_without_final_chunk(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_stream_ending_without_final_chunk(fake: FakeOllama, make: Make) -> None:
     fake.overrides["/api/chat"] = Override(
         body=b'{"model":"llama3.2","created_at":"2025-01-01T00:00:00Z",'
         b'"message":{"role":"assistant","content":"Hi"},"done":false}\n'
     )
 
     with pytest.raises(BadResponse, match="before its final chunk"):
-        await collect(backend(session, fake.url))
+        await collect(make(fake.url))
 
 
-async def test_malformed_chunk(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+async def test_malformed_chunk(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(text="one two three", malformed_after_chunks=1))
 
-    with pytest.raises(BadResponse, match="^malformed answer$"):
-        await collect(backend(session, fake.url))
+    with pytest.raises(BadResponse, match=r"^malformed answer$"):
+        await collect(make(fake.url))
 
 
-async def test_unknown_model(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
-    target = backend(session, fake.url, model="mistral")
+async def test_unknown_model(fake: FakeOllama, make: Make) -> None:
+    target = make(fake.url, model="mistral")
 
     for call in (collect(target), target.model_details(), target.check_model()):
-        with pytest.raises(ModelNotFound, match="^model 'mistral' not found$"):
+        with pytest.raises(ModelNotFound, match=r"^model 'mistral' not found$"):
             await call
 
 
 async def test_check_model_resolves_the_default_tag(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, make: Make
 ) -> None:
-    await backend(session, fake.url, model="qwen3").check_model()
+    await make(fake.url, model="qwen3").check_model()
 
     assert fake.requests[-1]["path"] == "/api/show"
 
 
-async def test_tools_unsupported(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
-    target = backend(session, fake.url, model="gemma2")
+async def test_tools_unsupported(fake: FakeOllama, make: Make) -> None:
+    target = make(fake.url, model="gemma2")
 
     with pytest.raises(CapabilityUnsupported) as caught:
         await collect(target, ChatRequest(ASK.messages, tools=(LIGHT_TOOL,)))
@@ -444,11 +465,9 @@ async def test_tools_unsupported(fake: FakeOllama, session: aiohttp.ClientSessio
     assert caught.value.message == "model 'gemma2' does not support tools"
 
 
-async def test_thinking_unsupported(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_thinking_unsupported(fake: FakeOllama, make: Make) -> None:
     with pytest.raises(CapabilityUnsupported) as caught:
-        await collect(backend(session, fake.url), ChatRequest(ASK.messages, think=True))
+        await collect(make(fake.url), ChatRequest(ASK.messages, think=True))
 
     assert caught.value.capability == "thinking"
     assert caught.value.message == "model 'llama3.2' does not support thinking"
@@ -457,20 +476,32 @@ async def test_thinking_unsupported(
 @pytest.mark.parametrize(
     ("status", "error", "expected", "message"),
     [
-        (500, "llama runner process has terminated: exit status 2", BackendServerError,
-         "HTTP 500: llama runner process has terminated: exit status 2"),
-        (503, "server busy, please try again.  maximum pending requests exceeded",
-         BackendServerError, "HTTP 503: server busy, please try again.  maximum pending requests exceeded"),
+        (
+            500,
+            "llama runner process has terminated: exit status 2",
+            BackendServerError,
+            "HTTP 500: llama runner process has terminated: exit status 2",
+        ),
+        (
+            503,
+            "server busy, please try again.  maximum pending requests exceeded",
+            BackendServerError,
+            "HTTP 503: server busy, please try again.  maximum pending requests exceeded",
+        ),
         (429, "too many requests", BackendServerError, "HTTP 429: too many requests"),
         (401, "unauthorized", AuthFailed, "HTTP 401: unauthorized"),
         (403, "forbidden", AuthFailed, "HTTP 403: forbidden"),
-        (400, "invalid format: expected \"json\" or a JSON schema", BadResponse,
-         "HTTP 400: invalid format: expected \"json\" or a JSON schema"),
+        (
+            400,
+            'invalid format: expected "json" or a JSON schema',
+            BadResponse,
+            'HTTP 400: invalid format: expected "json" or a JSON schema',
+        ),
     ],
 )
 async def test_error_statuses(
     fake: FakeOllama,
-    session: aiohttp.ClientSession,
+    make: Make,
     status: int,
     error: str,
     expected: type[BackendError],
@@ -479,72 +510,70 @@ async def test_error_statuses(
     fake.script(Reply(status=status, error=error))
 
     with pytest.raises(expected) as caught:
-        await collect(backend(session, fake.url))
+        await collect(make(fake.url))
 
     assert type(caught.value) is expected
     assert caught.value.message == message
 
 
-async def test_error_inside_the_stream(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
-    fake.script(Reply(text="Yes I", error="an error was encountered while running the model"))
+async def test_error_inside_the_stream(fake: FakeOllama, make: Make) -> None:
+    fake.script(
+        Reply(text="Yes I", error="an error was encountered while running the model")
+    )
     seen: list[StreamEvent] = []
 
     with pytest.raises(BackendServerError) as caught:
-        await collect_into(seen, backend(session, fake.url))
+        await collect_into(seen, make(fake.url))
 
     assert caught.value.message == "an error was encountered while running the model"
     assert text_of(seen) == "Yes I"
 
 
-async def test_wrong_api_key(session: aiohttp.ClientSession) -> None:
+async def test_wrong_api_key(make: Make) -> None:
     async with FakeOllama(api_key="right") as fake:
-        target = backend(session, fake.url, api_key=KEY)
+        target = make(fake.url, api_key=KEY)
 
         for call in (collect(target), target.probe(), target.list_models()):
-            with pytest.raises(AuthFailed, match="^HTTP 401: unauthorized$"):
+            with pytest.raises(AuthFailed, match=r"^HTTP 401: unauthorized$"):
                 await call
 
 
-async def test_api_key_is_masked_in_messages(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
+async def test_api_key_is_masked_in_messages(fake: FakeOllama, make: Make) -> None:
     fake.script(Reply(status=500, error=f"upstream rejected key {KEY}\nstack trace"))
 
     with pytest.raises(BackendServerError) as caught:
-        await collect(backend(session, fake.url, api_key=KEY))
+        await collect(make(fake.url, api_key=KEY))
 
     assert caught.value.message == "HTTP 500: upstream rejected key ***"
 
 
 async def test_not_found_outside_a_model_call_is_a_bad_response(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, make: Make
 ) -> None:
     fake.overrides["/api/tags"] = Override(status=404, body=b"404 page not found")
     fake.overrides["/api/version"] = Override(status=404, body=b"404 page not found")
-    target = backend(session, fake.url)
+    target = make(fake.url)
 
     for call in (target.list_models(), target.probe()):
-        with pytest.raises(BadResponse, match="^HTTP 404: 404 page not found$"):
+        with pytest.raises(BadResponse, match=r"^HTTP 404: 404 page not found$"):
             await call
 
 
-async def test_empty_error_body(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+async def test_empty_error_body(fake: FakeOllama, make: Make) -> None:
     fake.overrides["/api/ps"] = Override(status=502, body=b"")
 
-    with pytest.raises(BackendServerError, match="^HTTP 502$"):
-        await backend(session, fake.url).probe()
+    with pytest.raises(BackendServerError, match=r"^HTTP 502$"):
+        await make(fake.url).probe()
 
 
 @pytest.mark.parametrize("path", ["/api/version", "/api/ps"])
 async def test_silent_metadata_request_times_out(
-    fake: FakeOllama, session: aiohttp.ClientSession, path: str
+    fake: FakeOllama, make: Make, path: str
 ) -> None:
     fake.overrides[path] = Override(delay=math.inf)
-    target = backend(session, fake.url, connect_timeout=0.2, stall_timeout=0.2)
+    target = make(fake.url, connect_timeout=0.2, stall_timeout=0.2)
 
-    with pytest.raises(BackendTimeout, match="^no answer in time$"):
+    with pytest.raises(BackendTimeout, match=r"^no answer in time$"):
         await target.probe()
 
 
@@ -557,30 +586,65 @@ async def test_silent_metadata_request_times_out(
     ],
 )
 async def test_malformed_metadata(
-    fake: FakeOllama, session: aiohttp.ClientSession, path: str, body: Any, message: str
+    fake: FakeOllama, make: Make, path: str, body: Any, message: str
 ) -> None:
     fake.overrides[path] = Override(body=body)
 
     with pytest.raises(BadResponse, match=message):
-        await backend(session, fake.url).probe()
+        await make(fake.url).probe()
 
 
-async def test_unexpected_failure_is_a_bad_response(session: aiohttp.ClientSession) -> None:
-    target = backend(session, "ftp://127.0.0.1:1")
+async def test_unexpected_failure_is_a_bad_response(
+    make: Make,
+) -> None:
+    target = make("ftp://127.0.0.1:1")
 
-    with pytest.raises(BadResponse, match="^request failed: .*unsupported protocol"):
+    with pytest.raises(BadResponse, match=r"^request failed: .*unsupported protocol"):
         await collect(target)
+
+
+async def test_untrusted_certificate(make: Make) -> None:
+    fake = FakeOllama()
+    fake.ssl_context, _ = self_signed_tls()
+    async with fake:
+        target = make(fake.url)
+
+        for call in (collect(target), target.probe(), target.list_models()):
+            with pytest.raises(
+                BackendUnreachable,
+                match=r"^certificate not trusted \(self-signed certificate\)$",
+            ):
+                await call
+
+
+@pytest.mark.parametrize("trust", ["context", "no verification"])
+async def test_verify_trusts_a_certificate(make: Make, trust: str) -> None:
+    fake = FakeOllama()
+    fake.ssl_context, client = self_signed_tls()
+    async with fake:
+        target = make(fake.url, verify=client if trust == "context" else False)
+
+        assert text_of(await collect(target)) == "Hello from the fake."
+        assert (await target.probe()).version == "0.12.6"
+
+
+async def test_tls_to_a_plain_server(fake: FakeOllama, make: Make) -> None:
+    target = make(fake.url.replace("http://", "https://"))
+
+    for call in (collect(target), target.probe()):
+        with pytest.raises(BackendUnreachable, match=r"^TLS handshake failed \(.+\)$"):
+            await call
 
 
 # Probe and metadata
 
 
 async def test_probe_reports_version_and_loaded_models(
-    session: aiohttp.ClientSession,
+    make: Make,
 ) -> None:
     running = [RunningModel("qwen3:latest", size_vram=5_137_025_024)]
     async with FakeOllama(version="0.9.6", running=running) as fake:
-        result = await backend(session, fake.url).probe()
+        result = await make(fake.url).probe()
 
     assert result == ProbeResult(
         version="0.9.6",
@@ -590,14 +654,12 @@ async def test_probe_reports_version_and_loaded_models(
     )
 
 
-async def test_probe_with_nothing_loaded(
-    fake: FakeOllama, session: aiohttp.ClientSession
-) -> None:
-    assert await backend(session, fake.url).probe() == ProbeResult(version="0.12.6")
+async def test_probe_with_nothing_loaded(fake: FakeOllama, make: Make) -> None:
+    assert await make(fake.url).probe() == ProbeResult(version="0.12.6")
 
 
-async def test_list_models(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
-    assert await backend(session, fake.url).list_models() == [
+async def test_list_models(fake: FakeOllama, make: Make) -> None:
+    assert await make(fake.url).list_models() == [
         "llama3.2:latest",
         "qwen3:latest",
         "gemma2:latest",
@@ -613,16 +675,21 @@ async def test_list_models(fake: FakeOllama, session: aiohttp.ClientSession) -> 
     ],
 )
 async def test_model_details(
-    fake: FakeOllama, session: aiohttp.ClientSession, model: str, capabilities: set[Capability]
+    fake: FakeOllama,
+    make: Make,
+    model: str,
+    capabilities: set[Capability],
 ) -> None:
-    details = await backend(session, fake.url, model=model).model_details()
+    details = await make(fake.url, model=model).model_details()
 
     assert details == ModelDetails(capabilities=frozenset(capabilities))
 
 
-async def test_old_server_reports_no_capabilities(session: aiohttp.ClientSession) -> None:
+async def test_old_server_reports_no_capabilities(
+    make: Make,
+) -> None:
     async with FakeOllama(models={"llama3.2": None}) as fake:
-        target = backend(session, fake.url)
+        target = make(fake.url)
 
         assert await target.model_details() == ModelDetails(capabilities=None)
         # ...nor refuses tools or thinking up front.
@@ -633,9 +700,9 @@ async def test_old_server_reports_no_capabilities(session: aiohttp.ClientSession
 
 
 async def test_close_keeps_the_shared_session(
-    fake: FakeOllama, session: aiohttp.ClientSession
+    fake: FakeOllama, session: aiohttp.ClientSession, make: Make
 ) -> None:
-    target = backend(session, fake.url)
+    target = make(fake.url)
 
     await target.close()
 
@@ -647,11 +714,19 @@ async def test_close_keeps_the_shared_session(
 async def test_fake_answers_whole_messages_without_streaming(
     fake: FakeOllama, session: aiohttp.ClientSession
 ) -> None:
-    fake.script(Reply(thinking="Hmm.", text="Done.", tool_calls=[LIGHT_ON], generation_seconds=1.0))
+    fake.script(
+        Reply(
+            thinking="Hmm.", text="Done.", tool_calls=[LIGHT_ON], generation_seconds=1.0
+        )
+    )
 
     async with session.post(
         f"{fake.url}/api/chat",
-        json={"model": "qwen3", "messages": [{"role": "user", "content": "Hi"}], "stream": False},
+        json={
+            "model": "qwen3",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stream": False,
+        },
     ) as response:
         answer = await response.json()
 
@@ -659,9 +734,7 @@ async def test_fake_answers_whole_messages_without_streaming(
         "role": "assistant",
         "content": "Done.",
         "thinking": "Hmm.",
-        "tool_calls": [
-            {"id": "call_fake0", "function": {"index": 0, **LIGHT_ON}}
-        ],
+        "tool_calls": [{"id": "call_fake0", "function": {"index": 0, **LIGHT_ON}}],
     }
     assert answer["done"] is True
     assert answer["eval_duration"] == 1_000_000_000

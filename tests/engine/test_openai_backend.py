@@ -70,18 +70,20 @@ def backend(session: aiohttp.ClientSession, url: str, **config: Any) -> OpenAIBa
     )
 
 
-async def collect(
-    target: OpenAIBackend, request: ChatRequest = ASK
-) -> list[StreamEvent]:
-    return [event async for event in target.chat(request)]
-
-
 async def collect_into(
     seen: list[StreamEvent], target: OpenAIBackend, request: ChatRequest = ASK
 ) -> None:
-    """Like collect, keeping what arrived before a failure."""
+    """Stream into seen, keeping what arrived before a failure."""
     async for event in target.chat(request):
         seen.append(event)
+
+
+async def collect(
+    target: OpenAIBackend, request: ChatRequest = ASK
+) -> list[StreamEvent]:
+    seen: list[StreamEvent] = []
+    await collect_into(seen, target, request)
+    return seen
 
 
 def text_of(events: list[StreamEvent], kind: type[TextDelta | ReasoningDelta]) -> str:

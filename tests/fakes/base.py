@@ -12,11 +12,20 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+import ipaddress
 import math
+from pathlib import Path
 import socket
+import ssl
+import tempfile
 from typing import Any, Self
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 @dataclass
@@ -79,12 +88,17 @@ def answer_pieces(reply: Reply) -> tuple[list[str], list[str]]:
     return [], [*opening, *thinking, "</think>", *words(reply.text)]
 
 
-def closed_port_url() -> str:
-    """A loopback URL where nothing listens (connections are refused)."""
+def free_port() -> int:
+    """A loopback TCP port where nothing listens right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (connections are refused)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @contextmanager
@@ -109,6 +123,47 @@ def unanswered_url() -> Iterator[str]:
                 filler.close()
 
 
+def self_signed_tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """TLS contexts for 127.0.0.1: a server's, and a client's that trusts it.
+
+    The certificate is self-signed and fresh, so default clients reject it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert_file.write_bytes(cert_pem)
+        key_file.write_bytes(key_pem)
+        server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cadata=cert_pem.decode())
+    return server, client
+
+
 class FakeServer:
     """Base of the fakes: lifecycle, reply queue, request log."""
 
@@ -120,11 +175,14 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._open_streams: set[asyncio.Task[Any]] = set()
         self.port = 0
+        # Serve HTTPS with this context when set before start().
+        self.ssl_context: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
         """Base URL of the running server."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def script(self, *replies: Reply) -> None:
         """Queue replies for the next chat requests, in order."""
@@ -138,7 +196,9 @@ class FakeServer:
         """Listen on a loopback port (0: a random free one)."""
         self._runner = web.AppRunner(self.app, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", port, ssl_context=self.ssl_context
+        )
         await site.start()
         server = site._server  # aiohttp keeps the socket here
         assert server is not None

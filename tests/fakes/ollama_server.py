@@ -170,7 +170,7 @@ class FakeOllama(FakeServer):
         )
 
     async def _show(self, request: web.Request) -> web.Response:
-        name = request["body"].get("model") or request["body"].get("name", "")
+        name = request["body"].get("model", "")
         if (found := self._model(name)) is None:
             return _error(404, f"model '{name}' not found")
         tagged, caps = found

@@ -224,7 +224,7 @@ class _Failures:
             isinstance(err, httpx.ConnectError | aiohttp.ClientConnectorError)
             or type(err) is ConnectionError
         ):
-            return BackendUnreachable(_os_reason(err))
+            return BackendUnreachable(_connect_failure(err))
         if isinstance(
             err,
             httpx.NetworkError
@@ -263,14 +263,18 @@ class _Failures:
         return BadResponse(detail)
 
 
-def _os_reason(err: BaseException) -> str:
-    """Why connecting failed, from the OS error at the root of err."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno is not None:
-            return os.strerror(cause.errno).lower()
-        cause = cause.__cause__ or cause.__context__
-    return "cannot connect"
+def _connect_failure(err: BaseException) -> str:
+    """Why connecting failed, from the error at the root of err."""
+    root = err
+    while (cause := root.__cause__ or root.__context__) is not None:
+        root = cause
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({root.verify_message})"
+    if isinstance(root, ssl.SSLError):
+        return f"TLS handshake failed ({root.reason.lower().replace('_', ' ')})"
+    errno = root.errno if isinstance(root, OSError) else None
+    # Name lookup failures carry negative codes, without an OS message.
+    return os.strerror(errno).lower() if errno and errno > 0 else "cannot connect"
 
 
 def _short(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 import logging
@@ -53,6 +54,8 @@ class Attempt:
     error_kind: ErrorKind | None = None
     error: str | None = None
     stats: GenerationStats | None = None
+    seconds: float = 0.0
+    """Time spent on this attempt, queueing included."""
 
     @property
     def ok(self) -> bool:
@@ -98,6 +101,7 @@ class BackendState:
     details: ModelDetails | None = None
     unsupported: set[Capability] = field(default_factory=set)
     waiting: int = 0
+    recent_attempts: deque[Attempt] = field(default_factory=lambda: deque(maxlen=10))
 
     @property
     def config(self) -> BackendConfig:
@@ -182,19 +186,23 @@ class Router:
         self._record_probe_success(state, result)
         return True
 
+    def _set_online(self, state: BackendState, error: BackendError | None) -> None:
+        """Note whether a backend answers; log only the transitions."""
+        if error is None and state.online is False:
+            _LOGGER.info("Backend %s is answering again", state.name)
+        elif error is not None and state.online is not False:
+            _LOGGER.warning("Backend %s is unavailable: %s", state.name, error)
+        state.online = error is None
+
     def _record_probe_success(self, state: BackendState, result: ProbeResult) -> None:
-        if state.online is False:
-            _LOGGER.info("Backend %s is reachable again", state.name)
-        state.online = True
+        self._set_online(state, None)
         state.version = result.version
         state.loaded_models = result.loaded_models
         self._close_breaker(state)
         self._changed()
 
     def _record_probe_failure(self, state: BackendState, error: BackendError) -> None:
-        if state.online is not False:
-            _LOGGER.warning("Backend %s is unavailable: %s", state.name, error)
-        state.online = False
+        self._set_online(state, error)
         state.last_error = error
         state.loaded_models = ()
         self._breaker_failure(state, error)
@@ -241,9 +249,7 @@ class Router:
     # Bookkeeping called by Turn.
 
     def _record_success(self, state: BackendState, stats: GenerationStats) -> None:
-        if state.online is False:
-            _LOGGER.info("Backend %s is answering again", state.name)
-        state.online = True
+        self._set_online(state, None)
         state.requests += 1
         state.last_stats = stats
         self._close_breaker(state)
@@ -253,12 +259,8 @@ class Router:
         state.failures += 1
         state.last_error = error
         if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED):
-            state.online = False
+            self._set_online(state, error)
         self._breaker_failure(state, error)
-        if not state.breaker.allows():
-            _LOGGER.warning(
-                "Backend %s skipped for now after: %s", state.name, error.message
-            )
 
     async def _details(self, state: BackendState) -> ModelDetails:
         if state.details is None:
@@ -292,6 +294,10 @@ class Turn:
     def __aiter__(self) -> AsyncIterator[RouterEvent]:
         return self._run()
 
+    def _note(self, state: BackendState, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        state.recent_attempts.append(attempt)
+
     async def _run(self) -> AsyncIterator[RouterEvent]:
         router = self._router
         loop = asyncio.get_running_loop()
@@ -301,19 +307,29 @@ class Turn:
         try:
             for state in candidates:
                 if not state.breaker.allows():
-                    self.attempts.append(
+                    self._note(
+                        state,
                         Attempt(
                             state.name, ErrorKind.CIRCUIT_OPEN, "skipped, not answering"
-                        )
+                        ),
                     )
                     continue
                 attempt = _Attempt(router, state, self._request, deadline)
+                started = loop.time()
                 try:
                     async for event in attempt.run():
                         yield event
                 except BackendError as err:
                     router._record_failure(state, err)
-                    self.attempts.append(Attempt(state.name, err.kind, err.message))
+                    self._note(
+                        state,
+                        Attempt(
+                            state.name,
+                            err.kind,
+                            err.message,
+                            seconds=loop.time() - started,
+                        ),
+                    )
                     if attempt.committed:
                         # Spoken text cannot be taken back: end the turn here.
                         self.served_by = state.name
@@ -325,7 +341,12 @@ class Turn:
                     continue
                 assert attempt.stats is not None
                 router._record_success(state, attempt.stats)
-                self.attempts.append(Attempt(state.name, stats=attempt.stats))
+                self._note(
+                    state,
+                    Attempt(
+                        state.name, stats=attempt.stats, seconds=loop.time() - started
+                    ),
+                )
                 self.served_by = state.name
                 return
             raise AllBackendsFailed(self.attempts)

@@ -1,0 +1,125 @@
+"""Background health probes of one backend, with repairs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr, issue_registry as ir
+from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
+from homeassistant.util import dt as dt_util
+
+from .const import DOMAIN, LOGGER
+from .engine.errors import BackendError, ModelNotFound
+from .engine.router import Router
+from .runtime import LLMRouterConfigEntry
+
+UNREACHABLE_ISSUE_AFTER = timedelta(hours=1)
+
+
+def unreachable_issue_id(subentry_id: str) -> str:
+    """Repair issue: the backend has been unreachable for long."""
+    return f"unreachable_{subentry_id}"
+
+
+def model_missing_issue_id(subentry_id: str) -> str:
+    """Repair issue: the server lacks the configured model."""
+    return f"model_missing_{subentry_id}"
+
+
+class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
+    """Probes a backend; its data says whether the backend answered.
+
+    Probes feed the router's circuit breaker, so a backend that comes back
+    is used again without waiting for a turn to find out. A backend that is
+    down is probed more often.
+    """
+
+    config_entry: LLMRouterConfigEntry
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry: LLMRouterConfigEntry,
+        *,
+        router: Router,
+        backend_name: str,
+        subentry_id: str,
+        interval: timedelta,
+    ) -> None:
+        """Probe backend_name every interval."""
+        super().__init__(
+            hass,
+            LOGGER,
+            config_entry=entry,
+            name=f"LLM Router backend {backend_name}",
+            update_interval=interval,
+        )
+        self.router = router
+        self.backend_name = backend_name
+        self.subentry_id = subentry_id
+        self.interval = interval
+        self.interval_while_down = max(timedelta(seconds=5), interval / 3)
+        self.down_since: datetime | None = None
+        self._version: str | None = None
+
+    async def _async_update_data(self) -> bool:
+        online = await self.router.async_probe(self.backend_name)
+        self.update_interval = self.interval if online else self.interval_while_down
+        state = self.router.states[self.backend_name]
+        if online:
+            self.down_since = None
+            ir.async_delete_issue(
+                self.hass, DOMAIN, unreachable_issue_id(self.subentry_id)
+            )
+            self._update_sw_version(state.version)
+            await self._check_model()
+        else:
+            self.down_since = self.down_since or dt_util.utcnow()
+            if dt_util.utcnow() - self.down_since > UNREACHABLE_ISSUE_AFTER:
+                ir.async_create_issue(
+                    self.hass,
+                    DOMAIN,
+                    unreachable_issue_id(self.subentry_id),
+                    is_fixable=False,
+                    severity=ir.IssueSeverity.WARNING,
+                    translation_key="backend_unreachable",
+                    translation_placeholders={
+                        "backend": self.backend_name,
+                        "url": state.config.url,
+                    },
+                )
+        return online
+
+    async def _check_model(self) -> None:
+        state = self.router.states[self.backend_name]
+        issue_id = model_missing_issue_id(self.subentry_id)
+        try:
+            await state.backend.check_model()
+        except ModelNotFound:
+            ir.async_create_issue(
+                self.hass,
+                DOMAIN,
+                issue_id,
+                is_fixable=False,
+                severity=ir.IssueSeverity.ERROR,
+                translation_key="model_missing",
+                translation_placeholders={
+                    "backend": self.backend_name,
+                    "model": state.config.model,
+                },
+            )
+        except BackendError:
+            return  # cannot tell now; the next probe asks again
+        else:
+            ir.async_delete_issue(self.hass, DOMAIN, issue_id)
+
+    def _update_sw_version(self, version: str | None) -> None:
+        """Show the server's version on the backend's device."""
+        if version == self._version:
+            return
+        registry = dr.async_get(self.hass)
+        device = registry.async_get_device(identifiers={(DOMAIN, self.subentry_id)})
+        if device is not None:
+            self._version = version
+            registry.async_update_device(device.id, sw_version=version)

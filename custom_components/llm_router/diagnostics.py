@@ -1,0 +1,59 @@
+"""Diagnostics: configuration without secrets, health and recent outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.const import CONF_API_KEY
+from homeassistant.core import HomeAssistant
+
+from .engine.router import BackendState
+from .runtime import LLMRouterConfigEntry
+
+TO_REDACT = {CONF_API_KEY}
+
+
+def _backend(state: BackendState) -> dict[str, Any]:
+    details = state.details.capabilities if state.details else None
+    return {
+        "online": state.online,
+        "breaker": state.breaker.state,
+        "consecutive_failures": state.breaker.consecutive_failures,
+        "requests": state.requests,
+        "failures": state.failures,
+        "waiting": state.waiting,
+        "version": state.version,
+        "capabilities": sorted(details) if details is not None else None,
+        "unsupported": sorted(state.unsupported),
+        "loaded_models": [asdict(model) for model in state.loaded_models],
+        "last_error": (
+            {"kind": state.last_error.kind, "message": state.last_error.message}
+            if state.last_error
+            else None
+        ),
+        "last_stats": asdict(state.last_stats) if state.last_stats else None,
+        "recent_attempts": [asdict(attempt) for attempt in state.recent_attempts],
+    }
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: LLMRouterConfigEntry
+) -> dict[str, Any]:
+    """Return diagnostics of a router."""
+    data = entry.runtime_data
+    return {
+        "options": dict(entry.options),
+        "backends": {
+            name: {
+                "config": async_redact_data(
+                    dict(entry.subentries[subentry_id].data), TO_REDACT
+                ),
+                "health": _backend(data.router.states[name]),
+            }
+            for name, subentry_id in data.backend_subentries.items()
+        },
+        "fallbacks": data.fallbacks,
+        "last_backend": data.last_backend,
+    }

@@ -1,0 +1,273 @@
+"""Per-backend throughput and timing sensors, and the router's own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from homeassistant.components.sensor import (
+    RestoreSensor,
+    SensorDeviceClass,
+    SensorEntity,
+    SensorEntityDescription,
+    SensorStateClass,
+)
+from homeassistant.const import EntityCategory, UnitOfTime
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.typing import StateType
+
+from .coordinator import BackendHealthCoordinator
+from .engine.models import BackendKind
+from .engine.router import BackendState
+from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
+from .runtime import LLMRouterConfigEntry, LLMRouterData
+
+TOKENS_PER_SECOND = "tok/s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSensorDescription(SensorEntityDescription):
+    """A sensor read from what the router knows about a backend."""
+
+    value_fn: Callable[[BackendState], StateType]
+    attributes_fn: Callable[[BackendState], Mapping[str, Any]] | None = None
+    kinds: frozenset[BackendKind] = frozenset(BackendKind)
+
+
+def _loaded_model(state: BackendState) -> StateType:
+    names = [model.name for model in state.loaded_models]
+    # The configured model first: Ollama may list it with a ":latest" tag.
+    configured = [
+        n for n in names if n.split(":")[0] == state.config.model.split(":")[0]
+    ]
+    return next(iter(configured or names), None)
+
+
+def _loaded_model_attributes(state: BackendState) -> Mapping[str, Any]:
+    name = _loaded_model(state)
+    model = next((m for m in state.loaded_models if m.name == name), None)
+    return {
+        "size_vram": model.size_vram if model else None,
+        "expires_at": model.expires_at if model else None,
+    }
+
+
+BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
+    BackendSensorDescription(
+        key="generation_speed",
+        translation_key="generation_speed",
+        native_unit_of_measurement=TOKENS_PER_SECOND,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value_fn=lambda s: s.last_stats.generation_speed if s.last_stats else None,
+    ),
+    BackendSensorDescription(
+        key="prompt_speed",
+        translation_key="prompt_speed",
+        native_unit_of_measurement=TOKENS_PER_SECOND,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=1,
+        value_fn=lambda s: s.last_stats.prompt_speed if s.last_stats else None,
+    ),
+    BackendSensorDescription(
+        key="time_to_first_token",
+        translation_key="time_to_first_token",
+        device_class=SensorDeviceClass.DURATION,
+        native_unit_of_measurement=UnitOfTime.MILLISECONDS,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=0,
+        value_fn=lambda s: (
+            s.last_stats.time_to_first_token * 1000
+            if s.last_stats and s.last_stats.time_to_first_token is not None
+            else None
+        ),
+    ),
+    BackendSensorDescription(
+        key="response_time",
+        translation_key="response_time",
+        device_class=SensorDeviceClass.DURATION,
+        native_unit_of_measurement=UnitOfTime.SECONDS,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=2,
+        value_fn=lambda s: s.last_stats.response_time if s.last_stats else None,
+    ),
+    BackendSensorDescription(
+        key="loaded_model",
+        translation_key="loaded_model",
+        entity_category=EntityCategory.DIAGNOSTIC,
+        value_fn=_loaded_model,
+        attributes_fn=_loaded_model_attributes,
+        kinds=frozenset({BackendKind.OLLAMA}),
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CounterDescription(SensorEntityDescription):
+    """A counter that survives restarts: read, and seeded after a restore."""
+
+    value_fn: Callable[[Any], int]
+    seed_fn: Callable[[Any, int], None]
+
+
+def _seed_requests(state: BackendState, value: int) -> None:
+    state.requests = value
+
+
+def _seed_failures(state: BackendState, value: int) -> None:
+    state.failures = value
+
+
+def _seed_fallbacks(data: LLMRouterData, value: int) -> None:
+    data.fallbacks = value
+
+
+BACKEND_COUNTERS: tuple[CounterDescription, ...] = (
+    CounterDescription(
+        key="requests",
+        translation_key="requests",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value_fn=lambda s: s.requests,
+        seed_fn=_seed_requests,
+    ),
+    CounterDescription(
+        key="failures",
+        translation_key="failures",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        value_fn=lambda s: s.failures,
+        seed_fn=_seed_failures,
+    ),
+)
+
+FALLBACKS = CounterDescription(
+    key="fallbacks",
+    translation_key="fallbacks",
+    state_class=SensorStateClass.TOTAL_INCREASING,
+    value_fn=lambda data: data.fallbacks,
+    seed_fn=_seed_fallbacks,
+)
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: LLMRouterConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    """Add the backends' sensors and the router's."""
+    for coordinator in entry.runtime_data.coordinators.values():
+        kind = coordinator.router.states[coordinator.backend_name].config.kind
+        entities: list[SensorEntity] = [
+            BackendSensor(entry, coordinator, description)
+            for description in BACKEND_SENSORS
+            if kind in description.kinds
+        ]
+        entities += [
+            BackendCounter(entry, coordinator, description)
+            for description in BACKEND_COUNTERS
+        ]
+        async_add_entities(entities, config_subentry_id=coordinator.subentry_id)
+    async_add_entities([LastBackendSensor(entry), RouterCounter(entry, FALLBACKS)])
+
+
+class BackendSensor(LLMRouterBackendEntity, SensorEntity):
+    """A sensor of one backend."""
+
+    entity_description: BackendSensorDescription
+
+    def __init__(
+        self,
+        entry: LLMRouterConfigEntry,
+        coordinator: BackendHealthCoordinator,
+        description: BackendSensorDescription,
+    ) -> None:
+        """Create the sensor."""
+        super().__init__(entry, coordinator, description.key)
+        self.entity_description = description
+        if description.attributes_fn is not None:
+            self._unrecorded_attributes = frozenset({"size_vram", "expires_at"})
+
+    @property
+    def native_value(self) -> StateType:
+        """The sensor's value."""
+        return self.entity_description.value_fn(self.backend)
+
+    @property
+    def extra_state_attributes(self) -> Mapping[str, Any] | None:
+        """Details, where the description has any."""
+        if self.entity_description.attributes_fn is None:
+            return None
+        return self.entity_description.attributes_fn(self.backend)
+
+
+class _Restoring(RestoreSensor):
+    """Seeds a counter from its last state, so totals survive restarts."""
+
+    entity_description: CounterDescription
+
+    def _counted(self) -> Any:
+        raise NotImplementedError
+
+    async def async_added_to_hass(self) -> None:
+        """Restore the count before the first state is written."""
+        await super().async_added_to_hass()
+        last = await self.async_get_last_sensor_data()
+        if last is not None and isinstance(last.native_value, (int, float)):
+            total = int(last.native_value) + self.entity_description.value_fn(
+                self._counted()
+            )
+            self.entity_description.seed_fn(self._counted(), total)
+
+    @property
+    def native_value(self) -> int:
+        """The count."""
+        return self.entity_description.value_fn(self._counted())
+
+
+class BackendCounter(LLMRouterBackendEntity, _Restoring):
+    """A request counter of one backend."""
+
+    def __init__(
+        self,
+        entry: LLMRouterConfigEntry,
+        coordinator: BackendHealthCoordinator,
+        description: CounterDescription,
+    ) -> None:
+        """Create the counter."""
+        super().__init__(entry, coordinator, description.key)
+        self.entity_description = description
+
+    def _counted(self) -> BackendState:
+        return self.backend
+
+
+class RouterCounter(LLMRouterStateEntity, _Restoring):
+    """A counter of the router."""
+
+    def __init__(
+        self, entry: LLMRouterConfigEntry, description: CounterDescription
+    ) -> None:
+        """Create the counter."""
+        super().__init__(entry, description.key)
+        self.entity_description = description
+
+    def _counted(self) -> LLMRouterData:
+        return self.entry.runtime_data
+
+
+class LastBackendSensor(LLMRouterStateEntity, SensorEntity):
+    """The backend that answered the last request."""
+
+    _attr_device_class = SensorDeviceClass.ENUM
+    _attr_translation_key = "last_backend"
+
+    def __init__(self, entry: LLMRouterConfigEntry) -> None:
+        """Create the sensor; its options are the backend names."""
+        super().__init__(entry, "last_backend")
+        self._attr_options = list(entry.runtime_data.backend_subentries)
+
+    @property
+    def native_value(self) -> str | None:
+        """The backend's name."""
+        return self.entry.runtime_data.last_backend

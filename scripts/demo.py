@@ -1,0 +1,153 @@
+"""The demo's steps once the environment is ready (run by scripts/demo)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+import secrets
+import signal
+import sys
+import time
+
+from tests.e2e.harness import (
+    LLM_MODEL,
+    BackendSpec,
+    Credentials,
+    HarnessError,
+    HassClient,
+    Router,
+    Server,
+    add_backend,
+    converse,
+    create_router,
+    integration_states,
+    onboard,
+    start_hass,
+    start_llm_server,
+    state,
+)
+from tests.fakes.base import closed_port_url
+
+ROUTER_NAME = "LLM Router"
+QUESTIONS = (
+    "What is a comfortable temperature for a bedroom at night?",
+    "How often should I water a snake plant?",
+    "Give me one tip to save energy in the kitchen.",
+)
+KEEP_PORT = 8123
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Announce a step; name it in any failure."""
+    print(f"==> {title}", flush=True)
+    try:
+        yield
+    except HarnessError as err:
+        raise HarnessError(f"{title}: {err}") from None
+
+
+def run(work: Path, keep: bool, servers: list[Server]) -> None:
+    """Start the servers, set up the router, talk to it."""
+    with step("Starting the LLM server (the Pi)"):
+        llm = start_llm_server(work / "llm-server.log")
+        servers.append(llm)
+    print(f"    {llm.url} serves {LLM_MODEL}")
+
+    user = Credentials(password=secrets.token_urlsafe(12) if keep else "demo-password")
+    with step("Starting Home Assistant"):
+        hass_server = start_hass(
+            work / "config",
+            work / "home-assistant.out",
+            port=KEEP_PORT if keep else None,
+        )
+        servers.append(hass_server)
+        hass = HassClient(hass_server)
+        onboard(hass, user)
+    print(f"    {hass_server.url}, configuration in {work / 'config'}")
+
+    with step(f"Creating the router {ROUTER_NAME!r} with the Pi (priority 2)"):
+        router = create_router(
+            hass,
+            ROUTER_NAME,
+            BackendSpec("Pi", "openai", llm.url, LLM_MODEL, priority=2),
+        )
+    gpu_url = closed_port_url()
+    with step(f"Adding the GPU server (priority 1), down at {gpu_url}"):
+        add_backend(
+            hass,
+            router,
+            BackendSpec(
+                "GPU server", "openai", gpu_url, "qwen3-8b", priority=1, skip_check=True
+            ),
+        )
+
+    for question in QUESTIONS:
+        with step(f"Asking {router.agent_id}"):
+            ask(hass, router, question)
+
+    with step("The router's entities"):
+        for item in integration_states(hass):
+            unit = item["attributes"].get("unit_of_measurement") or ""
+            print(f"    {item['entity_id']}: {item['state']} {unit}".rstrip())
+
+    if keep:
+        print(
+            f"\nHome Assistant: {hass_server.url} (user {user.username!r}, "
+            f"password {user.password!r})\n"
+            f"Logs: {hass_server.log}, {llm.log}\n"
+            f"Stop both: kill -- -{hass_server.process.pid} -{llm.process.pid}"
+        )
+
+
+def ask(hass: HassClient, router: Router, question: str) -> None:
+    """One turn: the answer, who served it, whether it fell back, how long."""
+    fallbacks_before = _state_of(hass, router.fallbacks_id)
+    reply = converse(hass, router, question)
+    print(f"    Q: {question}\n    A: {reply.speech.strip()}")
+    if reply.response_type == "error" or not reply.speech.strip():
+        raise HarnessError(f"no answer; see {hass.server.log}")
+    served_by = _state_of(hass, router.last_backend_id)
+    fallbacks = _state_of(hass, router.fallbacks_id)
+    if fallbacks is None or fallbacks_before is None:
+        fell_back = f"unknown ({router.fallbacks_id} does not exist)"
+    else:
+        fell_back = "yes" if fallbacks != fallbacks_before else "no"
+    served = served_by or f"unknown ({router.last_backend_id} does not exist)"
+    print(f"    served by: {served}; fell back: {fell_back}; {reply.seconds:.1f} s")
+
+
+def _state_of(hass: HassClient, entity_id: str) -> str | None:
+    found = state(hass, entity_id)
+    return None if found is None else str(found["state"])
+
+
+def main() -> int:
+    """Run the demo; stop what it started unless --keep succeeded."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    # A TERM (or Ctrl-C) still stops the servers on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    servers: list[Server] = []
+    kept = False
+    try:
+        run(args.workdir, args.keep, servers)
+        kept = args.keep
+    except HarnessError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if not kept:
+            for server in reversed(servers):
+                server.stop()
+    print(f"==> Done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

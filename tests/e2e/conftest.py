@@ -1,0 +1,61 @@
+"""Real servers for the end-to-end tests: llama.cpp and Home Assistant.
+
+The servers are subprocesses (see harness.py), shared by the tests of a
+session (the LLM server) or a module (Home Assistant), and stopped even
+when a test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_socket  # type: ignore[import-untyped]
+
+from tests.e2e.harness import (
+    Credentials,
+    HassClient,
+    Server,
+    install_llm_server,
+    onboard,
+    start_hass,
+    start_llm_server,
+)
+
+
+@pytest.fixture(autouse=True)
+def _custom_integrations() -> None:
+    """Override: Home Assistant runs in its own process here, not in-process."""
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the servers' logs and Home Assistant's configuration go."""
+    return tmp_path_factory.mktemp("e2e")
+
+
+def _allow_loopback() -> None:
+    # The HA test plugin blocks sockets before fixtures run, and the
+    # socket_enabled fixture is per test; shared servers start earlier.
+    pytest_socket.enable_socket()
+
+
+@pytest.fixture(scope="session")
+def llm_server(e2e_dir: Path) -> Iterator[Server]:
+    """llama.cpp's server with SmolLM2 (model name harness.LLM_MODEL)."""
+    _allow_loopback()
+    install_llm_server(e2e_dir / "llm-server-install.log")
+    with start_llm_server(e2e_dir / "llm-server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hass(e2e_dir: Path, request: pytest.FixtureRequest) -> Iterator[HassClient]:
+    """A new, onboarded Home Assistant with the integration available."""
+    _allow_loopback()
+    run_dir = e2e_dir / request.module.__name__.rpartition(".")[2]
+    with start_hass(run_dir / "config", run_dir / "home-assistant.out") as server:
+        client = HassClient(server)
+        onboard(client, Credentials())
+        yield client

@@ -1,0 +1,597 @@
+"""Real servers for the demo and the end-to-end tests, and how to drive them.
+
+Starts llama.cpp's server (scripts/llm-server) and a real Home Assistant
+process, each in its own process group with its output in a log file,
+onboards Home Assistant through its REST API as a new install does, and
+creates and uses an LLM router through the same REST calls the frontend
+makes. Everything talks to 127.0.0.1 only. Every wait has a timeout, and
+every failure names its step and the log file to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+import importlib.util
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Self
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from homeassistant.util import slugify
+
+from tests.fakes.base import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DOMAIN = "llm_router"
+LLM_MODEL = "smollm2"
+"""The model name scripts/llm-server serves."""
+
+
+class HarnessError(Exception):
+    """A step failed; the message says which and where to read more."""
+
+
+@dataclass
+class Server:
+    """A server subprocess in its own process group, logging to a file."""
+
+    name: str
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the whole process group; kill it if it lingers."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        # Children that outlived the leader, or a leader that ignored TERM.
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_server(
+    name: str,
+    argv: Sequence[str | Path],
+    *,
+    port: int,
+    ready_path: str,
+    log: Path,
+    timeout: float,
+) -> Server:
+    """Start argv and wait until GET ready_path answers 200 on port."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(arg) for arg in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", log, process)
+    try:
+        wait_until(
+            lambda: _answers(server.url + ready_path),
+            timeout=timeout,
+            what=f"{name} to answer GET {ready_path}",
+            server=server,
+        )
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    server: Server,
+    interval: float = 0.25,
+) -> None:
+    """Poll condition until true; fail if the server dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if not server.alive():
+            raise HarnessError(
+                f"{server.name} exited with code {server.process.returncode} "
+                f"while waiting for {what}; see {server.log}"
+            )
+        if time.monotonic() > deadline:
+            raise HarnessError(
+                f"timed out after {timeout:.0f} s waiting for {what}; see {server.log}"
+            )
+        time.sleep(interval)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, reset, timed out, HTTP error status
+        return False
+
+
+# The LLM server
+
+
+def install_llm_server(log: Path, timeout: float = 1800.0) -> None:
+    """Install llama.cpp's server and the model (quick once installed)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        try:
+            subprocess.run(
+                [ROOT / "scripts" / "llm-server", "install"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=True,
+            )
+        except subprocess.CalledProcessError as err:
+            raise HarnessError(
+                f"scripts/llm-server install failed (exit {err.returncode}); see {log}"
+            ) from err
+        except subprocess.TimeoutExpired as err:
+            raise HarnessError(
+                f"scripts/llm-server install took over {timeout:.0f} s; see {log}"
+            ) from err
+
+
+def start_llm_server(log: Path, timeout: float = 120.0) -> Server:
+    """Serve LLM_MODEL on a free loopback port (after install_llm_server)."""
+    port = free_port()
+    return start_server(
+        "LLM server",
+        [ROOT / "scripts" / "llm-server", "run", "--port", str(port)],
+        port=port,
+        ready_path="/v1/models",
+        log=log,
+        timeout=timeout,
+    )
+
+
+# Home Assistant
+
+_CONFIGURATION = """\
+# Only what the LLM router needs (no default_config: nothing reaches the
+# network and no requirement is missing).
+homeassistant:
+  name: LLM Router
+  time_zone: UTC
+  unit_system: metric
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+api:
+config:
+conversation:
+onboarding:
+logger:
+  default: warning
+  logs:
+    homeassistant.setup: info
+    custom_components.llm_router: debug
+"""
+
+
+def write_hass_config(config_dir: Path, port: int) -> None:
+    """A minimal configuration.yaml, and the integration linked in."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "configuration.yaml").write_text(_CONFIGURATION.format(port=port))
+    link_integration(config_dir)
+
+
+def link_integration(config_dir: Path) -> None:
+    """Make the working tree's integration a custom integration of config_dir."""
+    link = config_dir / "custom_components" / DOMAIN
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(ROOT / "custom_components" / DOMAIN, target_is_directory=True)
+
+
+def ensure_frontend(log: Path) -> None:
+    """Install the frontend package Home Assistant pins, unless present.
+
+    Home Assistant always loads its frontend and falls into recovery mode
+    without it; the test requirements do not bring it.
+    """
+    if importlib.util.find_spec("hass_frontend") is not None:
+        return
+    manifest = Path(sys.modules["homeassistant"].__file__ or "").parent
+    requirements = json.loads(
+        (manifest / "components" / "frontend" / "manifest.json").read_text()
+    )["requirements"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", *requirements],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=900,
+            )
+        except subprocess.SubprocessError as err:
+            raise HarnessError(
+                f"installing {' '.join(requirements)} failed: {err}; see {log}"
+            ) from err
+
+
+def start_hass(
+    config_dir: Path,
+    log: Path,
+    *,
+    port: int | None = None,
+    timeout: float = 180.0,
+) -> Server:
+    """Run Home Assistant on 127.0.0.1 with a fresh minimal configuration.
+
+    Requirements are never installed at start (--skip-pip): the venv has
+    what this configuration needs, the frontend once ensure_frontend() ran.
+    """
+    port = port or free_port()
+    ensure_frontend(log.with_name("frontend-install.log"))
+    write_hass_config(config_dir, port)
+    return start_server(
+        "Home Assistant",
+        [
+            sys.executable,
+            "-m",
+            "homeassistant",
+            "--config",
+            config_dir,
+            "--skip-pip",
+            "--log-no-color",
+        ],
+        port=port,
+        ready_path="/api/onboarding",
+        log=log,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class HassClient:
+    """Home Assistant's REST API, as an administrator once onboarded."""
+
+    server: Server
+    token: str | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        form: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        missing_ok: bool = False,
+    ) -> Any:
+        """Send a request; the decoded JSON answer (None for a 404 if missing_ok)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        data = None
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            self.server.url + path, data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as err:
+            if missing_ok and err.code == 404:
+                return None
+            detail = err.read().decode(errors="replace")[:500]
+            raise HarnessError(
+                f"{method} {path}: HTTP {err.code} {detail}; see {self.server.log}"
+            ) from err
+        except OSError as err:
+            raise HarnessError(
+                f"{method} {path}: {err}; see {self.server.log}"
+            ) from err
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return text
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        """GET path."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        """POST JSON to path."""
+        return self.request("POST", path, body, **kwargs)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The owner account onboarding creates."""
+
+    username: str = "demo"
+    password: str = "demo-password"
+    name: str = "Demo"
+
+
+def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> None:
+    """Create the owner as a new install's first screen does; log in as them."""
+    client_id = client.server.url + "/"
+    code = client.post(
+        "/api/onboarding/users",
+        {
+            "client_id": client_id,
+            "name": user.name,
+            "username": user.username,
+            "password": user.password,
+            "language": "en",
+        },
+        timeout=timeout,
+    )["auth_code"]
+    tokens = client.request(
+        "POST",
+        "/auth/token",
+        form={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": client_id,
+        },
+    )
+    client.token = tokens["access_token"]
+    wait_until(
+        lambda: client.get("/api/config").get("state") == "RUNNING",
+        timeout=timeout,
+        what="Home Assistant to finish starting",
+        server=client.server,
+    )
+
+
+# The router
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend as the config flows ask for it."""
+
+    name: str
+    kind: str
+    url: str
+    model: str
+    priority: int
+    api_key: str | None = None
+    skip_check: bool = False
+    """Save without testing the connection (for a server that is down)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """More fields of the model step (max_parallel, think, ...)."""
+
+    def connection(self) -> dict[str, Any]:
+        """Fields of the step that tests the connection."""
+        data: dict[str, Any] = {"name": self.name, "kind": self.kind, "url": self.url}
+        if self.api_key is not None:
+            data["api_key"] = self.api_key
+        return data
+
+    def model_step(self) -> dict[str, Any]:
+        """Fields of the model step."""
+        return {"model": self.model, "priority": self.priority, **self.options}
+
+
+@dataclass(frozen=True)
+class Router:
+    """A router config entry and its entities' ids."""
+
+    entry_id: str
+    name: str
+
+    @property
+    def slug(self) -> str:
+        """The object id Home Assistant derives from the router's name."""
+        return str(slugify(self.name))
+
+    @property
+    def agent_id(self) -> str:
+        """The conversation agent's entity id."""
+        return f"conversation.{self.slug}"
+
+    @property
+    def last_backend_id(self) -> str:
+        """The sensor naming the backend that served the last turn."""
+        return f"sensor.{self.slug}_last_backend"
+
+    @property
+    def fallbacks_id(self) -> str:
+        """The sensor counting turns not served by the first choice."""
+        return f"sensor.{self.slug}_fallbacks"
+
+
+FLOW = "/api/config/config_entries/flow"
+SUBENTRY_FLOW = "/api/config/config_entries/subentries/flow"
+
+
+def run_flow(
+    client: HassClient,
+    base: str,
+    start: Mapping[str, Any],
+    steps: Sequence[tuple[str, Mapping[str, Any]]],
+) -> dict[str, Any]:
+    """Start a data entry flow, answer its forms in order, return the result."""
+    result: dict[str, Any] = client.post(base, start)
+    for step_id, data in steps:
+        if result.get("type") != "form" or result.get("step_id") != step_id:
+            raise HarnessError(
+                f"{base}: expected form {step_id!r}, got {_flow_summary(result)}; "
+                f"see {client.server.log}"
+            )
+        result = client.post(f"{base}/{result['flow_id']}", dict(data))
+        if result.get("type") == "form" and result.get("errors"):
+            raise HarnessError(
+                f"{base}: step {step_id!r} refused: {result['errors']}; "
+                f"see {client.server.log}"
+            )
+    if result.get("type") != "create_entry":
+        raise HarnessError(
+            f"{base}: expected an entry, got {_flow_summary(result)}; "
+            f"see {client.server.log}"
+        )
+    return result
+
+
+def _flow_summary(result: Mapping[str, Any]) -> str:
+    keys = ("type", "step_id", "reason", "errors")
+    return json.dumps({key: result[key] for key in keys if key in result})
+
+
+def create_router(client: HassClient, name: str, first: BackendSpec) -> Router:
+    """Create a router whose first backend is first (config flow)."""
+    result = run_flow(
+        client,
+        FLOW,
+        {"handler": DOMAIN},
+        [
+            ("user", {"name": name, "backend": first.connection()}),
+            ("model", first.model_step()),
+        ],
+    )
+    router = Router(result["result"]["entry_id"], name)
+    wait_loaded(client, router)
+    return router
+
+
+def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> None:
+    """Add a backend to a router (config subentry flow)."""
+    connection = backend.connection()
+    if backend.skip_check:
+        connection["skip_check"] = True
+    run_flow(
+        client,
+        SUBENTRY_FLOW,
+        {"handler": [router.entry_id, "backend"]},
+        [("user", connection), ("model", backend.model_step())],
+    )
+    wait_loaded(client, router)
+
+
+def entry_state(client: HassClient, router: Router) -> str | None:
+    """The config entry's state ("loaded", "setup_retry", ...); None if gone."""
+    entries = client.get(f"/api/config/config_entries/entry?domain={DOMAIN}")
+    for entry in entries:
+        if entry["entry_id"] == router.entry_id:
+            return str(entry["state"])
+    return None
+
+
+def wait_loaded(client: HassClient, router: Router, timeout: float = 60.0) -> None:
+    """Wait until the entry is loaded and its agent is available."""
+
+    def ready() -> bool:
+        agent = state(client, router.agent_id)
+        return (
+            entry_state(client, router) == "loaded"
+            and agent is not None
+            and agent["state"] != "unavailable"
+        )
+
+    wait_until(
+        ready,
+        timeout=timeout,
+        what=f"router {router.name!r} to be loaded with {router.agent_id} available",
+        server=client.server,
+    )
+
+
+def reload_router(client: HassClient, router: Router) -> None:
+    """Unload and set up the router's entry again."""
+    answer = client.post(f"/api/config/config_entries/entry/{router.entry_id}/reload")
+    if answer.get("require_restart"):
+        raise HarnessError(f"reloading {router.name!r} asks for a restart")
+    wait_loaded(client, router)
+
+
+def remove_router(client: HassClient, router: Router) -> None:
+    """Delete the router's entry."""
+    client.request("DELETE", f"/api/config/config_entries/entry/{router.entry_id}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the conversation agent answered to one sentence."""
+
+    speech: str
+    response_type: str
+    conversation_id: str | None
+    seconds: float
+
+
+def converse(
+    client: HassClient,
+    router: Router,
+    text: str,
+    *,
+    conversation_id: str | None = None,
+    timeout: float = 180.0,
+) -> Reply:
+    """Send text to the router's conversation agent."""
+    body: dict[str, Any] = {"text": text, "agent_id": router.agent_id, "language": "en"}
+    if conversation_id is not None:
+        body["conversation_id"] = conversation_id
+    started = time.monotonic()
+    result = client.post("/api/conversation/process", body, timeout=timeout)
+    seconds = time.monotonic() - started
+    response = result["response"]
+    return Reply(
+        speech=response.get("speech", {}).get("plain", {}).get("speech", ""),
+        response_type=response["response_type"],
+        conversation_id=result.get("conversation_id"),
+        seconds=seconds,
+    )
+
+
+def state(client: HassClient, entity_id: str) -> dict[str, Any] | None:
+    """An entity's state object, None if it does not exist."""
+    found: dict[str, Any] | None = client.get(
+        f"/api/states/{entity_id}", missing_ok=True
+    )
+    return found
+
+
+def integration_states(client: HassClient) -> list[dict[str, Any]]:
+    """State objects of every entity of the integration, by entity id."""
+    ids = set(
+        client.post(
+            "/api/template",
+            {"template": f"{{{{ integration_entities('{DOMAIN}') | tojson }}}}"},
+        )
+    )
+    states: list[dict[str, Any]] = client.get("/api/states")
+    return sorted(
+        (item for item in states if item["entity_id"] in ids),
+        key=lambda item: str(item["entity_id"]),
+    )

@@ -1,0 +1,161 @@
+"""The integration in a real Home Assistant process, set up through REST.
+
+Each test creates its own router: "Pi" is the real llama.cpp server and
+"GPU server", the first choice, is an OpenAI-compatible URL where nothing
+listens, saved without a connection test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from itertools import count
+import threading
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.harness import (
+    LLM_MODEL,
+    BackendSpec,
+    HassClient,
+    Router,
+    Server,
+    add_backend,
+    converse,
+    create_router,
+    entry_state,
+    reload_router,
+    remove_router,
+    state,
+)
+from tests.fakes.base import closed_port_url
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = "How often should I water a snake plant?"
+_names = (f"Router {number}" for number in count(1))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A router and where its dead first choice points."""
+
+    router: Router
+    gpu_url: str
+
+
+@pytest.fixture
+def setup(hass: HassClient, llm_server: Server) -> Iterator[Setup]:
+    """A new router: Pi (priority 2), then GPU server (priority 1, down)."""
+    router = create_router(
+        hass,
+        next(_names),
+        BackendSpec("Pi", "openai", llm_server.url, LLM_MODEL, priority=2),
+    )
+    try:
+        gpu_url = closed_port_url()
+        add_backend(
+            hass,
+            router,
+            BackendSpec(
+                "GPU server", "openai", gpu_url, "qwen3-8b", priority=1, skip_check=True
+            ),
+        )
+        yield Setup(router, gpu_url)
+    finally:
+        remove_router(hass, router)
+
+
+class _Recorder(HTTPServer):
+    """Answers 503 to everything and notes each request's method and path."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _RecordingHandler)
+        self.requests: list[str] = []
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: _Recorder
+
+    def _answer(self) -> None:
+        self.server.requests.append(f"{self.command} {self.path}")
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@contextmanager
+def listening(url: str) -> Iterator[list[str]]:
+    """Listen where url points; yield the requests received meanwhile."""
+    server = _Recorder(urlsplit(url).port or 80)
+    # Single-threaded on purpose: no handler thread outlives the test.
+    thread = threading.Thread(target=server.serve_forever, name="recorder")
+    thread.start()
+    try:
+        yield server.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_config_flows_create_a_router_with_both_backends(
+    hass: HassClient, setup: Setup
+) -> None:
+    entries = hass.get("/api/config/config_entries/entry?domain=llm_router")
+    [entry] = [e for e in entries if e["entry_id"] == setup.router.entry_id]
+
+    assert entry["state"] == "loaded"
+    assert entry["title"] == setup.router.name
+    assert entry["num_subentries"] == 2
+    assert state(hass, setup.router.agent_id) is not None
+
+
+def test_turn_falls_back_then_the_dead_backend_is_skipped(
+    hass: HassClient, setup: Setup
+) -> None:
+    router = setup.router
+
+    first = converse(hass, router, QUESTION)
+
+    assert first.response_type != "error", first.speech
+    assert first.speech.strip()
+    assert _state_of(hass, router.last_backend_id) == "Pi"
+    assert _state_of(hass, router.fallbacks_id) == "1"
+
+    # The GPU server's connection was refused: its breaker is open, so the
+    # next turn must not even try it, although something listens there now.
+    with listening(setup.gpu_url) as requests:
+        second = converse(
+            hass, router, "And a cactus?", conversation_id=first.conversation_id
+        )
+
+    assert second.response_type != "error", second.speech
+    assert second.speech.strip()
+    assert _state_of(hass, router.last_backend_id) == "Pi"
+    assert not [r for r in requests if r.startswith("POST")]
+
+
+def test_router_works_after_a_reload(hass: HassClient, setup: Setup) -> None:
+    router = setup.router
+
+    reload_router(hass, router)
+
+    assert entry_state(hass, router) == "loaded"
+    reply = converse(hass, router, QUESTION)
+    assert reply.response_type != "error", reply.speech
+    assert reply.speech.strip()
+    assert _state_of(hass, router.last_backend_id) == "Pi"
+
+
+def _state_of(hass: HassClient, entity_id: str) -> str | None:
+    found = state(hass, entity_id)
+    return None if found is None else str(found["state"])

@@ -1,0 +1,95 @@
+"""Setup, recovery, unload and reload of a router entry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from homeassistant.components import conversation
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers import intent
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from tests.conftest import backend, router_entry, setup_router, until
+from tests.fakes.base import closed_port_url
+from tests.fakes.ollama_server import FakeOllama
+
+AGENT = "conversation.llm_router"
+
+
+async def ask(hass: HomeAssistant, text: str) -> conversation.ConversationResult:
+    return await conversation.async_converse(
+        hass, text, None, Context(), agent_id=AGENT
+    )
+
+
+async def test_setup_with_every_backend_down_then_recovers(hass: HomeAssistant) -> None:
+    url = closed_port_url()
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", url, "llama3.2", 1))
+    )
+    assert entry.state is ConfigEntryState.LOADED
+    state = entry.runtime_data.router.states["Pi"]
+    await until(lambda: state.online is False)
+
+    async with FakeOllama() as pi:
+        await pi.stop()
+        await pi.start(int(url.rsplit(":", 1)[1]))  # the Pi's Ollama starts late
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=31))
+        await until(lambda: state.online is True)
+        result = await ask(hass, "Hello")
+    assert result.response.speech["plain"]["speech"] == "Hello from the fake."
+
+
+async def test_unload_and_reload(hass: HomeAssistant, ollama: FakeOllama) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", closed_port_url(), "m", 1),
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        ),
+    )
+    router = entry.runtime_data.router
+    await until(lambda: router.states["GPU server"].online is False)
+    assert router._cooldowns  # a probe is scheduled for the GPU server
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert not router._cooldowns
+    assert not router._probes
+    assert hass.states.get(AGENT).state == "unavailable"
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.runtime_data.router is not router
+    result = await ask(hass, "Hello")
+    assert result.response.speech["plain"]["speech"] == "Hello from the fake."
+
+
+async def test_agent_controls_home_only_with_an_llm_api(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    pi = backend("Pi", "ollama", ollama.url, "llama3.2", 1)
+    entry = await setup_router(hass, router_entry(pi, llm_api=["assist"]))
+    state = hass.states.get(AGENT)
+    assert state is not None
+    assert (
+        state.attributes["supported_features"]
+        == conversation.ConversationEntityFeature.CONTROL
+    )
+    hass.config_entries.async_update_entry(
+        entry, options={**entry.options, "llm_hass_api": []}
+    )
+    await hass.async_block_till_done()
+    assert hass.states.get(AGENT).attributes["supported_features"] == 0
+
+
+async def test_broken_prompt_template_is_reported(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    pi = backend("Pi", "ollama", ollama.url, "llama3.2", 1)
+    await setup_router(hass, router_entry(pi, prompt="{{ broken"))
+    result = await ask(hass, "Hello")
+    assert result.response.response_type is intent.IntentResponseType.ERROR
+    assert ollama.chat_bodies == []

@@ -1,0 +1,204 @@
+"""Telemetry entities: values, transitions, restored counters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from homeassistant.components import conversation
+from homeassistant.core import Context, HomeAssistant, State
+from homeassistant.helpers import device_registry as dr, entity_registry as er
+from homeassistant.util import dt as dt_util
+import pytest
+from pytest_homeassistant_custom_component.common import (
+    async_fire_time_changed,
+    mock_restore_cache_with_extra_data,
+)
+from syrupy.assertion import SnapshotAssertion
+
+from tests.conftest import backend, router_entry, setup_router, until
+from tests.fakes.base import Reply, closed_port_url
+from tests.fakes.ollama_server import FakeOllama, RunningModel
+from tests.fakes.openai_server import FakeOpenAI
+
+AGENT = "conversation.llm_router"
+
+
+async def ask(hass: HomeAssistant, text: str) -> None:
+    await conversation.async_converse(hass, text, None, Context(), agent_id=AGENT)
+
+
+def value(hass: HomeAssistant, entity_id: str) -> str:
+    state = hass.states.get(entity_id)
+    assert state is not None, entity_id
+    return state.state
+
+
+@pytest.fixture
+async def pi_server() -> FakeOllama:
+    async with FakeOllama(
+        version="0.12.6",
+        running=[RunningModel("llama3.2:latest", size_vram=2_019_000_000)],
+    ) as server:
+        yield server  # type: ignore[misc]
+
+
+async def test_entities(
+    hass: HomeAssistant,
+    entity_registry: er.EntityRegistry,
+    device_registry: dr.DeviceRegistry,
+    snapshot: SnapshotAssertion,
+    pi_server: FakeOllama,
+    openai: FakeOpenAI,
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", openai.url, "fake-model", 1),
+            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
+        ),
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    entries = sorted(
+        er.async_entries_for_config_entry(entity_registry, entry.entry_id),
+        key=lambda e: e.entity_id,
+    )
+    for entity_entry in entries:
+        assert entity_entry == snapshot(name=f"{entity_entry.entity_id}-entry")
+        assert hass.states.get(entity_entry.entity_id) == snapshot(
+            name=f"{entity_entry.entity_id}-state"
+        )
+    pi_device = device_registry.async_get_device(identifiers={("llm_router", "pi")})
+    assert pi_device is not None
+    assert (pi_device.name, pi_device.model, pi_device.manufacturer) == (
+        "Pi",
+        "llama3.2",
+        "Ollama",
+    )
+    assert pi_device.sw_version == "0.12.6"
+    assert pi_device.configuration_url == pi_server.url
+    assert pi_device.config_entries_subentries[entry.entry_id] == {"pi"}
+
+
+async def test_values_after_a_fallback_turn(
+    hass: HomeAssistant, pi_server: FakeOllama
+) -> None:
+    await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
+            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
+        ),
+    )
+    # Known server-side numbers: 93 tokens in 10.7 s, 412 prompt tokens in 0.8 s.
+    pi_server.script(
+        Reply(
+            text="The hall light is off.",
+            completion_tokens=93,
+            generation_seconds=10.7,
+            prompt_tokens=412,
+            prompt_seconds=0.8,
+        )
+    )
+    await ask(hass, "Is the hall light on?")
+    eval_rate = 93 / 10.7
+    generation = float(value(hass, "sensor.pi_generation_speed"))
+    assert generation == pytest.approx(eval_rate, rel=0.01)
+    assert float(value(hass, "sensor.pi_prompt_speed")) == pytest.approx(
+        412 / 0.8, rel=0.01
+    )
+    assert float(value(hass, "sensor.pi_time_to_first_token")) > 0
+    assert float(value(hass, "sensor.pi_response_time")) > 0
+    assert value(hass, "sensor.pi_requests") == "1"
+    assert value(hass, "sensor.pi_failures") == "0"
+    # The setup probe found the GPU server down: the turn skipped it.
+    assert value(hass, "sensor.gpu_server_requests") == "0"
+    assert value(hass, "binary_sensor.gpu_server_online") == "off"
+    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert value(hass, "sensor.llm_router_last_backend") == "Pi"
+    assert value(hass, "sensor.llm_router_fallbacks") == "1"
+    assert value(hass, "sensor.gpu_server_generation_speed") == "unknown"
+    assert hass.states.get("sensor.gpu_server_loaded_model") is None  # Ollama only
+    loaded = hass.states.get("sensor.pi_loaded_model")
+    assert loaded is not None
+    assert loaded.state == "llama3.2:latest"
+    assert loaded.attributes["size_vram"] == 2_019_000_000
+
+
+async def test_online_follows_the_server(
+    hass: HomeAssistant, pi_server: FakeOllama
+) -> None:
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", pi_server.url, "llama3.2", 1))
+    )
+    coordinator = entry.runtime_data.coordinators["Pi"]
+    await until(lambda: value(hass, "binary_sensor.pi_online") == "on")
+    await pi_server.stop()
+    await coordinator.async_refresh()
+    assert value(hass, "binary_sensor.pi_online") == "off"  # off, not unavailable
+    assert coordinator.update_interval == timedelta(seconds=10)  # faster while down
+    assert value(hass, "sensor.pi_generation_speed") == "unknown"
+    await pi_server.start(pi_server.port)
+    await coordinator.async_refresh()
+    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert coordinator.update_interval == timedelta(seconds=30)
+
+
+async def test_counters_survive_restart(
+    hass: HomeAssistant, pi_server: FakeOllama
+) -> None:
+    mock_restore_cache_with_extra_data(
+        hass,
+        [
+            (
+                State("sensor.pi_requests", "41"),
+                {"native_value": 41, "native_unit_of_measurement": None},
+            ),
+            (
+                State("sensor.pi_failures", "2"),
+                {"native_value": 2, "native_unit_of_measurement": None},
+            ),
+            (
+                State("sensor.llm_router_fallbacks", "7"),
+                {"native_value": 7, "native_unit_of_measurement": None},
+            ),
+        ],
+    )
+    await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
+            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
+        ),
+    )
+    assert value(hass, "sensor.pi_requests") == "41"
+    assert value(hass, "sensor.llm_router_fallbacks") == "7"
+    await ask(hass, "Hello")
+    assert value(hass, "sensor.pi_requests") == "42"
+    assert value(hass, "sensor.pi_failures") == "2"
+    assert value(hass, "sensor.llm_router_fallbacks") == "8"
+
+
+async def test_probe_interval_option(
+    hass: HomeAssistant, pi_server: FakeOllama
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend("Pi", "ollama", pi_server.url, "llama3.2", 1), probe_interval=60
+        ),
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert entry.runtime_data.coordinators["Pi"].update_interval == timedelta(
+        seconds=60
+    )
+    probes = len([r for r in pi_server.requests if r["path"] == "/api/version"])
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=55))
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert len([r for r in pi_server.requests if r["path"] == "/api/version"]) == probes
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=61))
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert (
+        len([r for r in pi_server.requests if r["path"] == "/api/version"])
+        == probes + 1
+    )
