@@ -9,6 +9,7 @@ from pathlib import Path
 import secrets
 import signal
 import sys
+import textwrap
 import time
 
 from tests.e2e.harness import (
@@ -52,7 +53,7 @@ def step(title: str) -> Iterator[None]:
 def run(work: Path, keep: bool, servers: list[Server]) -> None:
     """Start the servers, set up the router, talk to it."""
     with step("Starting the LLM server (the Pi)"):
-        llm = start_llm_server(work / "llm-server.log")
+        llm = start_llm_server(work / "llm-server.log", keep=keep)
         servers.append(llm)
     print(f"    {llm.url} serves {LLM_MODEL}")
 
@@ -62,6 +63,7 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
             work / "config",
             work / "home-assistant.out",
             port=KEEP_PORT if keep else None,
+            keep=keep,
         )
         servers.append(hass_server)
         hass = HassClient(hass_server)
@@ -91,7 +93,7 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     with step("The router's entities"):
         for item in integration_states(hass):
             unit = item["attributes"].get("unit_of_measurement") or ""
-            print(f"    {item['entity_id']}: {item['state']} {unit}".rstrip())
+            print(f"    {item['entity_id']}: {_rounded(item['state'])} {unit}".rstrip())
 
     if keep:
         print(
@@ -106,7 +108,8 @@ def ask(hass: HassClient, router: Router, question: str) -> None:
     """One turn: the answer, who served it, whether it fell back, how long."""
     fallbacks_before = _state_of(hass, router.fallbacks_id)
     reply = converse(hass, router, question)
-    print(f"    Q: {question}\n    A: {reply.speech.strip()}")
+    print(f"    Q: {question}")
+    print(textwrap.indent(reply.speech.strip(), "    A: ", lambda _: True))
     if reply.response_type == "error" or not reply.speech.strip():
         raise HarnessError(f"no answer; see {hass.server.log}")
     served_by = _state_of(hass, router.last_backend_id)
@@ -117,6 +120,14 @@ def ask(hass: HassClient, router: Router, question: str) -> None:
         fell_back = "yes" if fallbacks != fallbacks_before else "no"
     served = served_by or f"unknown ({router.last_backend_id} does not exist)"
     print(f"    served by: {served}; fell back: {fell_back}; {reply.seconds:.1f} s")
+
+
+def _rounded(value: str) -> str:
+    """A measurement with a sensible number of digits; other states as they are."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def _state_of(hass: HassClient, entity_id: str) -> str | None:

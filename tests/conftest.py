@@ -62,19 +62,25 @@ def backend(
 
 
 def router_entry(
-    *backends: dict[str, Any], llm_api: list[str] | None = None, **options: Any
+    *backends: dict[str, Any],
+    llm_api: list[str] | None = None,
+    entry_id: str = "router",
+    **options: Any,
 ) -> MockConfigEntry:
     """A router config entry with these backends as subentries."""
     return MockConfigEntry(
         domain=DOMAIN,
         title="LLM Router",
-        entry_id="router",
+        entry_id=entry_id,
         data={},
         options={**DEFAULT_OPTIONS, CONF_LLM_HASS_API: llm_api or [], **options},
         subentries_data=[
             ConfigSubentryData(
                 data=data,
-                subentry_id=data["name"].lower().replace(" ", "_"),
+                # Subentry IDs are unique across routers.
+                subentry_id=data["name"].lower().replace(" ", "_")
+                if entry_id == "router"
+                else f"{entry_id}_{data['name'].lower()}",
                 subentry_type=SUBENTRY_BACKEND,
                 title=data["name"],
                 unique_id=None,

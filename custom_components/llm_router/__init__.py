@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import config_validation as cv, issue_registry as ir
+from homeassistant.helpers.typing import ConfigType
 
 from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN
 from .coordinator import (
@@ -15,8 +16,21 @@ from .coordinator import (
     unreachable_issue_id,
 )
 from .runtime import LLMRouterConfigEntry, create_router
+from .services import async_setup_services
 
-PLATFORMS = (Platform.BINARY_SENSOR, Platform.CONVERSATION, Platform.SENSOR)
+PLATFORMS = (
+    Platform.AI_TASK,
+    Platform.BINARY_SENSOR,
+    Platform.CONVERSATION,
+    Platform.SENSOR,
+)
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the actions, once for all routers."""
+    async_setup_services(hass)
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> bool:

@@ -8,11 +8,13 @@ import json
 from typing import Any
 
 from homeassistant.components import conversation
+from homeassistant.const import CONF_LLM_HASS_API
+from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import llm
 from homeassistant.helpers.translation import async_get_exception_message
 from voluptuous_openapi import convert
 
-from .const import DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
+from .const import CONF_MAX_HISTORY, CONF_PROMPT, DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
 from .engine.models import (
     ChatMessage,
     ChatRequest,
@@ -23,6 +25,7 @@ from .engine.models import (
     ToolSpec,
 )
 from .engine.router import AllBackendsFailed, Attempt, Interrupted, Router, Turn
+from .runtime import LLMRouterConfigEntry
 
 
 @dataclass
@@ -95,10 +98,24 @@ def stopped_sentence(backend: str) -> str:
     )
 
 
+def failure_reasons(error: AllBackendsFailed) -> str:
+    """Each backend and why it did not answer: "Pi (connection refused)"."""
+    return ", ".join(f"{a.backend} ({a.error})" for a in error.attempts)
+
+
+def backends_failed_error(error: AllBackendsFailed) -> HomeAssistantError:
+    """The error an action or task raises when no backend answered."""
+    return HomeAssistantError(
+        translation_domain=DOMAIN,
+        translation_key="all_backends_failed",
+        translation_placeholders={"reasons": failure_reasons(error)},
+    )
+
+
 def failure_sentence(error: AllBackendsFailed) -> str:
     """One sentence naming every backend and why it did not answer."""
     # Translated messages lose their final period; a sentence needs it.
-    reasons = ", ".join(f"{a.backend} ({a.error})" for a in error.attempts)
+    reasons = failure_reasons(error)
     if not reasons:
         return async_get_exception_message(DOMAIN, "no_backends") + "."
     return (
@@ -150,7 +167,7 @@ async def async_run_chat_log(
     """
     api = chat_log.llm_api
     tools = tuple(_tool_spec(tool, api) for tool in api.tools) if api else ()
-    max_history = int(options.get("max_history", 0))
+    max_history = int(options.get(CONF_MAX_HISTORY, 0))
     report = ChatReport()
     for _ in range(MAX_TOOL_ITERATIONS):
         messages = trim_history([_message(c) for c in chat_log.content], max_history)
@@ -176,4 +193,37 @@ async def async_run_chat_log(
             agent_id, async_get_exception_message(DOMAIN, "tool_loop_limit") + "."
         )
     )
+    return report
+
+
+async def async_answer(
+    entry: LLMRouterConfigEntry,
+    user_input: conversation.ConversationInput,
+    chat_log: conversation.ChatLog,
+    agent_id: str,
+    *,
+    backend: str | None = None,
+    think: bool | None = None,
+) -> ChatReport:
+    """Answer a user's input with the router's prompt and LLM API.
+
+    Raises ConverseError for a broken prompt and AllBackendsFailed when no
+    backend answered.
+    """
+    options = entry.options
+    await chat_log.async_provide_llm_data(
+        user_input.as_llm_context(DOMAIN),
+        options.get(CONF_LLM_HASS_API) or None,
+        options.get(CONF_PROMPT),
+        user_input.extra_system_prompt,
+    )
+    report = await async_run_chat_log(
+        entry.runtime_data.router,
+        chat_log,
+        agent_id,
+        options,
+        backend=backend,
+        think=think,
+    )
+    entry.runtime_data.async_record(report)
     return report

@@ -10,8 +10,8 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import intent
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .chat import async_run_chat_log, failure_sentence
-from .const import CONF_PROMPT, DOMAIN, LOGGER
+from .chat import async_answer, failure_sentence
+from .const import LOGGER
 from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
@@ -51,20 +51,10 @@ class LLMRouterConversationEntity(LLMRouterEntity, conversation.ConversationEnti
         chat_log: conversation.ChatLog,
     ) -> conversation.ConversationResult:
         """Answer one user turn."""
-        options = self.entry.options
         try:
-            await chat_log.async_provide_llm_data(
-                user_input.as_llm_context(DOMAIN),
-                options.get(CONF_LLM_HASS_API) or None,
-                options.get(CONF_PROMPT),
-                user_input.extra_system_prompt,
-            )
+            await async_answer(self.entry, user_input, chat_log, self.entity_id)
         except conversation.ConverseError as err:
             return err.as_conversation_result()
-        try:
-            report = await async_run_chat_log(
-                self.entry.runtime_data.router, chat_log, self.entity_id, options
-            )
         except AllBackendsFailed as err:
             LOGGER.warning("No backend answered: %s", err)
             sentence = failure_sentence(err)
@@ -76,5 +66,4 @@ class LLMRouterConversationEntity(LLMRouterEntity, conversation.ConversationEnti
             return conversation.ConversationResult(
                 response=response, conversation_id=chat_log.conversation_id
             )
-        self.entry.runtime_data.async_record(report)
         return conversation.async_get_result_from_chat_log(user_input, chat_log)

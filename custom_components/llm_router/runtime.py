@@ -127,7 +127,9 @@ def create_router(hass: HomeAssistant, entry: ConfigEntry) -> LLMRouterData:
     policy = create_policy(
         PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
     )
-    return LLMRouterData(
+    data = LLMRouterData(
         router=Router(backends, policy=policy),
         backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},
     )
+    data.router.add_listener(data.async_notify)
+    return data

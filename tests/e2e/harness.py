@@ -79,12 +79,19 @@ def start_server(
     ready_path: str,
     log: Path,
     timeout: float,
+    keep: bool = False,
 ) -> Server:
-    """Start argv and wait until GET ready_path answers 200 on port."""
+    """Start argv and wait until GET ready_path answers 200 on port.
+
+    The server gets SIGTERM when this process dies, however it dies, unless
+    keep says it is to outlive it.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
+    # util-linux's setpriv arranges the signal, then execs argv.
+    orphan_guard = [] if keep else ["setpriv", "--pdeathsig", "TERM", "--"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(arg) for arg in argv],
+            [*orphan_guard, *map(str, argv)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -162,7 +169,9 @@ def install_llm_server(log: Path, timeout: float = 1800.0) -> None:
             ) from err
 
 
-def start_llm_server(log: Path, timeout: float = 120.0) -> Server:
+def start_llm_server(
+    log: Path, *, timeout: float = 120.0, keep: bool = False
+) -> Server:
     """Serve LLM_MODEL on a free loopback port (after install_llm_server)."""
     port = free_port()
     return start_server(
@@ -172,6 +181,7 @@ def start_llm_server(log: Path, timeout: float = 120.0) -> Server:
         ready_path="/v1/models",
         log=log,
         timeout=timeout,
+        keep=keep,
     )
 
 
@@ -249,6 +259,7 @@ def start_hass(
     *,
     port: int | None = None,
     timeout: float = 180.0,
+    keep: bool = False,
 ) -> Server:
     """Run Home Assistant on 127.0.0.1 with a fresh minimal configuration.
 
@@ -273,6 +284,7 @@ def start_hass(
         ready_path="/api/onboarding",
         log=log,
         timeout=timeout,
+        keep=keep,
     )
 
 

@@ -1,0 +1,175 @@
+"""The ask and benchmark actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+import pytest
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from tests.conftest import backend, router_entry, setup_router
+from tests.fakes.base import Reply, closed_port_url
+from tests.fakes.ollama_server import FakeOllama
+
+
+def gpu_and_pi(pi_url: str, gpu_url: str | None = None) -> MockConfigEntry:
+    return router_entry(
+        backend("GPU server", "openai", gpu_url or closed_port_url(), "fake-model", 1),
+        backend("Pi", "ollama", pi_url, "llama3.2", 2),
+    )
+
+
+async def ask(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
+    response = await hass.services.async_call(
+        "llm_router", "ask", data, blocking=True, return_response=True
+    )
+    assert response is not None
+    return dict(response)
+
+
+async def test_ask_reports_a_fallback_turn(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    ollama.script(
+        Reply(
+            text="The garage door is closed.",
+            completion_tokens=60,
+            generation_seconds=6.0,
+        )
+    )
+    response = await ask(hass, text="Is the garage door closed?")
+    assert response["response"] == "The garage door is closed."
+    assert response["backend"] == "Pi"
+    assert response["model"] == "llama3.2"
+    assert response["fell_back"] is True
+    assert [a["backend"] for a in response["attempts"]] == ["GPU server", "Pi"]
+    assert response["attempts"][0]["outcome"] in ("unreachable", "circuit_open")
+    assert response["attempts"][1] == {"backend": "Pi", "outcome": "ok", "error": None}
+    assert response["generation_speed"] == pytest.approx(10.0)
+    assert response["time_to_first_token"] > 0
+    assert response["response_time"] > 0
+    assert response["conversation_id"]
+    assert hass.states.get("sensor.llm_router_fallbacks").state == "1"
+
+
+async def test_ask_continues_a_conversation(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    first = await ask(hass, text="My name is Ada.")
+    await ask(hass, text="What is my name?", conversation_id=first["conversation_id"])
+    contents = [m["content"] for m in ollama.chat_bodies[-1]["messages"]]
+    assert "My name is Ada." in contents
+    assert contents[-1] == "What is my name?"
+
+
+async def test_ask_forced_backend_and_think(hass: HomeAssistant) -> None:
+    async with FakeOllama() as pi:
+        entry = router_entry(
+            backend("Pi", "ollama", pi.url, "qwen3", 2),
+            backend("Spare", "ollama", pi.url, "llama3.2", 1),
+        )
+        await setup_router(hass, entry)
+        pi.script(Reply(thinking="Hmm.", text="Yes."))
+        response = await ask(hass, text="Sure?", backend="Pi", think=True)
+    assert response["response"] == "Yes."
+    assert response["backend"] == "Pi"
+    assert response["fell_back"] is False
+    assert pi.chat_bodies[0]["think"] is True
+    assert (
+        pi.chat_bodies[0]["model"] == "qwen3:latest"
+        or pi.chat_bodies[0]["model"] == "qwen3"
+    )
+
+
+async def test_ask_every_backend_down(hass: HomeAssistant) -> None:
+    await setup_router(hass, gpu_and_pi(closed_port_url()))
+    with pytest.raises(HomeAssistantError, match="None of the language model servers"):
+        await ask(hass, text="Hello")
+
+
+async def test_ask_broken_prompt(hass: HomeAssistant, ollama: FakeOllama) -> None:
+    entry = router_entry(
+        backend("Pi", "ollama", ollama.url, "llama3.2", 1), prompt="{{ x"
+    )
+    await setup_router(hass, entry)
+    with pytest.raises(HomeAssistantError):
+        await ask(hass, text="Hello")
+    assert ollama.chat_bodies == []
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"text": "   "}, "empty_text"),
+        ({"text": "Hi", "backend": "Mac"}, "unknown_backend"),
+        ({"text": "Hi", "config_entry_id": "nope"}, "unknown_router"),
+    ],
+)
+async def test_ask_bad_input(
+    hass: HomeAssistant, ollama: FakeOllama, data: dict[str, Any], key: str
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, **data)
+    assert caught.value.translation_key == key
+    assert ollama.chat_bodies == []
+
+
+async def test_ask_needs_router_when_there_are_several(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    other = router_entry(
+        backend("Pi", "ollama", ollama.url, "llama3.2", 1), entry_id="second"
+    )
+    await setup_router(hass, other)
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, text="Hi")
+    assert caught.value.translation_key == "router_required"
+    response = await ask(hass, text="Hi", config_entry_id="second")
+    assert response["backend"] == "Pi"
+
+
+async def test_ask_unloaded_router(hass: HomeAssistant, ollama: FakeOllama) -> None:
+    entry = await setup_router(hass, gpu_and_pi(ollama.url))
+    await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, text="Hi", config_entry_id=entry.entry_id)
+    assert caught.value.translation_key == "router_not_loaded"
+
+
+async def test_benchmark_all_backends(hass: HomeAssistant, ollama: FakeOllama) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    ollama.script(
+        Reply(text="One, two, three.", completion_tokens=50, generation_seconds=5.0)
+    )
+    response = await hass.services.async_call(
+        "llm_router", "benchmark", {}, blocking=True, return_response=True
+    )
+    assert response is not None
+    results = response["backends"]
+    assert results["GPU server"]["ok"] is False
+    assert results["GPU server"]["error"]
+    assert results["Pi"]["ok"] is True
+    assert results["Pi"]["generation_speed"] == pytest.approx(10.0)
+    assert ollama.chat_bodies[0]["messages"][-1]["content"].startswith("Count from one")
+    assert float(hass.states.get("sensor.pi_generation_speed").state) == pytest.approx(
+        10.0
+    )
+
+
+async def test_benchmark_one_backend(hass: HomeAssistant, ollama: FakeOllama) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    response = await hass.services.async_call(
+        "llm_router",
+        "benchmark",
+        {"backend": "Pi"},
+        blocking=True,
+        return_response=True,
+    )
+    assert response is not None
+    assert list(response["backends"]) == ["Pi"]
