@@ -27,7 +27,7 @@ from tests.e2e.harness import (
     onboard,
     start_hass,
     start_llm_server,
-    state,
+    state_value,
 )
 from tests.fakes.base import closed_port_url
 
@@ -106,14 +106,14 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
 
 def ask(hass: HassClient, router: Router, question: str) -> None:
     """One turn: the answer, who served it, whether it fell back, how long."""
-    fallbacks_before = _state_of(hass, router.fallbacks_id)
+    fallbacks_before = state_value(hass, router.fallbacks_id)
     reply = converse(hass, router, question)
     print(f"    Q: {question}")
     print(textwrap.indent(reply.speech.strip(), "    A: ", lambda _: True))
     if reply.response_type == "error" or not reply.speech.strip():
         raise HarnessError(f"no answer; see {hass.server.log}")
-    served_by = _state_of(hass, router.last_backend_id)
-    fallbacks = _state_of(hass, router.fallbacks_id)
+    served_by = state_value(hass, router.last_backend_id)
+    fallbacks = state_value(hass, router.fallbacks_id)
     if fallbacks is None or fallbacks_before is None:
         fell_back = f"unknown ({router.fallbacks_id} does not exist)"
     else:
@@ -128,11 +128,6 @@ def _rounded(value: str) -> str:
         return f"{float(value):.4g}"
     except ValueError:
         return value
-
-
-def _state_of(hass: HassClient, entity_id: str) -> str | None:
-    found = state(hass, entity_id)
-    return None if found is None else str(found["state"])
 
 
 def main() -> int:
@@ -152,6 +147,8 @@ def main() -> int:
     except HarnessError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     finally:
         if not kept:
             for server in reversed(servers):

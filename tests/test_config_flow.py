@@ -298,3 +298,28 @@ async def test_options(hass: HomeAssistant, ollama: FakeOllama) -> None:
         "probe_interval": 60,
     }
     assert entry.state is ConfigEntryState.LOADED
+
+
+@pytest.mark.parametrize("keep_alive", ["forever", "30 minutes", "1d"])
+async def test_model_step_invalid_keep_alive(
+    hass: HomeAssistant, ollama: FakeOllama, keep_alive: str
+) -> None:
+    result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {**MODEL_STEP, "keep_alive": keep_alive}
+    )
+    assert result["errors"] == {"keep_alive": "invalid_keep_alive"}
+
+
+async def test_keep_alive_in_seconds_is_sent_as_a_number(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {**MODEL_STEP, "keep_alive": "-1"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.services.async_call(
+        "llm_router", "ask", {"text": "Hi"}, blocking=True, return_response=True
+    )
+    assert ollama.chat_bodies[-1]["keep_alive"] == -1

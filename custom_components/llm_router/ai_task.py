@@ -21,6 +21,9 @@ from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
 
+# The router queues requests per backend (max_parallel), not Home Assistant.
+PARALLEL_UPDATES = 0
+
 # Small models like to wrap JSON in a Markdown code fence.
 _CODE_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 

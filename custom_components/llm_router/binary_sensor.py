@@ -12,6 +12,9 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from .entity import LLMRouterBackendEntity
 from .runtime import LLMRouterConfigEntry
 
+# Entities only read router state; requests are queued by the router itself.
+PARALLEL_UPDATES = 0
+
 
 async def async_setup_entry(
     hass: HomeAssistant,

@@ -70,6 +70,7 @@ from .const import (
 )
 from .engine.errors import AuthFailed, BackendError, ModelNotFound
 from .engine.models import BackendKind
+from .engine.ollama import parse_keep_alive
 from .engine.policy import PolicyName
 from .runtime import backend_config, backend_subentries, create_backend
 
@@ -201,9 +202,16 @@ async def _async_check_server(
 
 
 async def _async_check_model(
-    hass: HomeAssistant, data: Mapping[str, Any]
+    hass: HomeAssistant, data: Mapping[str, Any], *, reach_server: bool = True
 ) -> dict[str, str]:
-    """Form errors for the chosen model."""
+    """Form errors for the model step; reach_server also asks the server."""
+    if CONF_KEEP_ALIVE in data:
+        try:
+            parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
+        except ValueError:
+            return {CONF_KEEP_ALIVE: "invalid_keep_alive"}
+    if not reach_server:
+        return {}
     backend = create_backend(hass, backend_config(data))
     try:
         await backend.check_model()
@@ -349,8 +357,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
         errors: dict[str, str] = {}
         if user_input is not None:
             data = {**self._server, **_model_data(user_input)}
-            if not self._skip_check:
-                errors = await _async_check_model(self.hass, data)
+            errors = await _async_check_model(
+                self.hass, data, reach_server=not self._skip_check
+            )
             if not errors:
                 if self.source == SOURCE_RECONFIGURE:
                     return self.async_update_and_abort(

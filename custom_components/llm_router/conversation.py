@@ -16,6 +16,9 @@ from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
 
+# The router queues requests per backend (max_parallel), not Home Assistant.
+PARALLEL_UPDATES = 0
+
 
 async def async_setup_entry(
     hass: HomeAssistant,

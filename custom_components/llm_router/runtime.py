@@ -30,7 +30,7 @@ from .const import (
 )
 from .engine.backend import Backend
 from .engine.models import BackendConfig, BackendKind
-from .engine.ollama import OllamaBackend
+from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
 from .engine.router import Router
@@ -96,7 +96,11 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
             data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT)
         ),
         think=bool(data.get(CONF_THINK, False)),
-        keep_alive=data.get(CONF_KEEP_ALIVE) if is_ollama else None,
+        keep_alive=(
+            parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
+            if is_ollama and data.get(CONF_KEEP_ALIVE) is not None
+            else None
+        ),
         num_ctx=int(data[CONF_NUM_CTX])
         if is_ollama and data.get(CONF_NUM_CTX)
         else None,

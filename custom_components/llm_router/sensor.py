@@ -24,6 +24,9 @@ from .engine.router import BackendState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
 from .runtime import LLMRouterConfigEntry, LLMRouterData
 
+# Entities only read router state; requests are queued by the router itself.
+PARALLEL_UPDATES = 0
+
 TOKENS_PER_SECOND = "tok/s"
 
 

@@ -219,9 +219,12 @@ def write_hass_config(config_dir: Path, port: int) -> None:
 def link_integration(config_dir: Path) -> None:
     """Make the working tree's integration a custom integration of config_dir."""
     link = config_dir / "custom_components" / DOMAIN
+    target = ROOT / "custom_components" / DOMAIN
     link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.readlink() != target:  # a moved checkout
+        link.unlink()
     if not link.is_symlink():
-        link.symlink_to(ROOT / "custom_components" / DOMAIN, target_is_directory=True)
+        link.symlink_to(target, target_is_directory=True)
 
 
 def ensure_frontend(log: Path) -> None:
@@ -592,6 +595,12 @@ def state(client: HassClient, entity_id: str) -> dict[str, Any] | None:
         f"/api/states/{entity_id}", missing_ok=True
     )
     return found
+
+
+def state_value(client: HassClient, entity_id: str) -> str | None:
+    """An entity's state, None if it does not exist."""
+    found = state(client, entity_id)
+    return None if found is None else str(found["state"])
 
 
 def integration_states(client: HassClient) -> list[dict[str, Any]]:

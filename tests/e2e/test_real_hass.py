@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     reload_router,
     remove_router,
     state,
+    state_value,
 )
 from tests.fakes.base import closed_port_url
 
@@ -128,8 +129,8 @@ def test_turn_falls_back_then_the_dead_backend_is_skipped(
 
     assert first.response_type != "error", first.speech
     assert first.speech.strip()
-    assert _state_of(hass, router.last_backend_id) == "Pi"
-    assert _state_of(hass, router.fallbacks_id) == "1"
+    assert state_value(hass, router.last_backend_id) == "Pi"
+    assert state_value(hass, router.fallbacks_id) == "1"
 
     # The GPU server's connection was refused: its breaker is open, so the
     # next turn must not even try it, although something listens there now.
@@ -140,7 +141,7 @@ def test_turn_falls_back_then_the_dead_backend_is_skipped(
 
     assert second.response_type != "error", second.speech
     assert second.speech.strip()
-    assert _state_of(hass, router.last_backend_id) == "Pi"
+    assert state_value(hass, router.last_backend_id) == "Pi"
     assert not [r for r in requests if r.startswith("POST")]
 
 
@@ -153,9 +154,4 @@ def test_router_works_after_a_reload(hass: HassClient, setup: Setup) -> None:
     reply = converse(hass, router, QUESTION)
     assert reply.response_type != "error", reply.speech
     assert reply.speech.strip()
-    assert _state_of(hass, router.last_backend_id) == "Pi"
-
-
-def _state_of(hass: HassClient, entity_id: str) -> str | None:
-    found = state(hass, entity_id)
-    return None if found is None else str(found["state"])
+    assert state_value(hass, router.last_backend_id) == "Pi"

@@ -39,7 +39,7 @@ from custom_components.llm_router.engine.models import (
     ToolCallDelta,
     ToolSpec,
 )
-from custom_components.llm_router.engine.ollama import OllamaBackend
+from custom_components.llm_router.engine.ollama import OllamaBackend, parse_keep_alive
 from tests.fakes.base import Reply, closed_port_url, self_signed_tls, unanswered_url
 from tests.fakes.ollama_server import FakeOllama, Override, RunningModel
 
@@ -738,3 +738,23 @@ async def test_fake_answers_whole_messages_without_streaming(
     }
     assert answer["done"] is True
     assert answer["eval_duration"] == 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("30m", "30m"),
+        (" 1h30m ", "1h30m"),
+        ("-1", -1),
+        ("3600", 3600),
+        ("1.5h", "1.5h"),
+    ],
+)
+def test_parse_keep_alive(value: str, parsed: str | int) -> None:
+    assert parse_keep_alive(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["", "forever", "1d", "m30"])
+def test_parse_keep_alive_rejects(value: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_keep_alive(value)

@@ -38,7 +38,8 @@ class BackendConfig:
     first_token_timeout: float = 30.0
     stall_timeout: float = 15.0
     think: bool = False
-    keep_alive: str | None = None
+    keep_alive: str | int | None = None
+    """Ollama: a Go duration ("30m") or seconds (-1: forever)."""
     num_ctx: int | None = None
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Iterator
 import json
 import logging
 import os
+import re
 import ssl
 from types import TracebackType
 from typing import Any
@@ -343,3 +344,21 @@ def _stats(done: ollama.ChatResponse) -> ServerStats:
 
 def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
+
+
+_SECONDS = re.compile(r"-?\d+")
+_GO_DURATION = re.compile(r"-?(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+
+
+def parse_keep_alive(value: str) -> str | int:
+    """A keep_alive Ollama accepts: a Go duration, or whole seconds as a number.
+
+    Ollama rejects a bare number sent as a string ("3600"), so those become
+    ints. Raises ValueError for anything else.
+    """
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return int(value)
+    if _GO_DURATION.fullmatch(value):
+        return value
+    raise ValueError(f"not a duration: {value!r}")
