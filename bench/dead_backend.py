@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from collections.abc import Sequence
+import logging
 import math
 import statistics
 import time
