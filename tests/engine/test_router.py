@@ -468,3 +468,29 @@ async def test_close_cancels_probes_and_closes_backends() -> None:
     await router.close()
     assert gpu.closed
     assert not router._probes
+
+
+async def test_probe_success_is_probation_not_a_clean_slate() -> None:
+    """A server that answers probes but fails requests does not flap."""
+    gpu, pi = ScriptedBackend("GPU", 1), ScriptedBackend("Pi", 2)
+    gpu.streams = [[BackendServerError("HTTP 500")] for _ in range(4)]
+    router = TrackedRouter([gpu, pi], settings=RouterSettings(cooldown=3600))
+    for _ in range(3):
+        await collect(router)
+    assert router.states["GPU"].breaker.state is BreakerState.OPEN
+    assert await router.async_probe("GPU")  # up, but still failing requests
+    assert router.states["GPU"].breaker.allows()
+    turn, _ = await collect(router)
+    assert turn.served_by == "Pi"
+    assert router.states["GPU"].breaker.state is BreakerState.OPEN  # one strike
+    assert len(gpu.requests) == 4
+
+
+async def test_probe_does_not_reset_failures_of_a_closed_breaker() -> None:
+    gpu = ScriptedBackend("GPU")
+    gpu.streams = [[BackendServerError("HTTP 500")], [BackendServerError("HTTP 500")]]
+    router = TrackedRouter([gpu, ScriptedBackend("Pi", 2)])
+    await collect(router)
+    await collect(router)
+    assert await router.async_probe("GPU")
+    assert router.states["GPU"].breaker.consecutive_failures == 2

@@ -17,8 +17,10 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Opens at once on a refused connection, after a run of other failures.
 
-    It closes on the next success; while open, the router probes the
-    backend after each cooldown.
+    While open, the router probes the backend after each cooldown. A probe
+    only shows the server is up, not that it can answer: after one, the
+    breaker lets requests through but opens again on the next failure.
+    A served request resets it fully.
     """
 
     def __init__(self, *, failure_threshold: int) -> None:
@@ -31,9 +33,15 @@ class CircuitBreaker:
         return self.state is BreakerState.CLOSED
 
     def record_success(self) -> None:
-        """A request or probe succeeded: close."""
+        """A request was served: close and forget earlier failures."""
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
+
+    def record_probe_success(self) -> None:
+        """The server is up again: let requests try it, on probation."""
+        if self.state is BreakerState.OPEN:
+            self.state = BreakerState.CLOSED
+            self.consecutive_failures = self.failure_threshold - 1
 
     def record_failure(self, error: BackendError) -> None:
         """A request or probe failed; open when that says the server is gone."""

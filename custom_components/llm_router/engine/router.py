@@ -198,7 +198,8 @@ class Router:
         self._set_online(state, None)
         state.version = result.version
         state.loaded_models = result.loaded_models
-        self._close_breaker(state)
+        state.breaker.record_probe_success()
+        self._cancel_cooldown(state)
         self._changed()
 
     def _record_probe_failure(self, state: BackendState, error: BackendError) -> None:
@@ -213,14 +214,12 @@ class Router:
         state.breaker.record_failure(error)
         if state.breaker.allows():
             return
-        if handle := self._cooldowns.pop(state.name, None):
-            handle.cancel()
+        self._cancel_cooldown(state)
         self._cooldowns[state.name] = asyncio.get_running_loop().call_later(
             self.settings.cooldown, self.request_probe, state.name
         )
 
-    def _close_breaker(self, state: BackendState) -> None:
-        state.breaker.record_success()
+    def _cancel_cooldown(self, state: BackendState) -> None:
         if handle := self._cooldowns.pop(state.name, None):
             handle.cancel()
 
@@ -252,7 +251,8 @@ class Router:
         self._set_online(state, None)
         state.requests += 1
         state.last_stats = stats
-        self._close_breaker(state)
+        state.breaker.record_success()
+        self._cancel_cooldown(state)
 
     def _record_failure(self, state: BackendState, error: BackendError) -> None:
         state.requests += 1
