@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     converse,
     create_router,
     integration_states,
+    last_attempts,
     onboard,
     start_hass,
     start_llm_server,
@@ -120,6 +121,9 @@ def ask(hass: HassClient, router: Router, question: str) -> None:
         fell_back = "yes" if fallbacks != fallbacks_before else "no"
     served = served_by or f"unknown ({router.last_backend_id} does not exist)"
     print(f"    served by: {served}; fell back: {fell_back}; {reply.seconds:.1f} s")
+    for name, attempt in last_attempts(hass, router).items():
+        outcome = attempt["error"] or "answered"
+        print(f"      {name}: {outcome} ({attempt['seconds'] * 1000:.0f} ms)")
 
 
 def _rounded(value: str) -> str:

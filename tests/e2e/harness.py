@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -200,6 +199,7 @@ http:
 api:
 config:
 conversation:
+diagnostics:
 onboarding:
 logger:
   default: warning
@@ -227,35 +227,6 @@ def link_integration(config_dir: Path) -> None:
         link.symlink_to(target, target_is_directory=True)
 
 
-def ensure_frontend(log: Path) -> None:
-    """Install the frontend package Home Assistant pins, unless present.
-
-    Home Assistant always loads its frontend and falls into recovery mode
-    without it; the test requirements do not bring it.
-    """
-    if importlib.util.find_spec("hass_frontend") is not None:
-        return
-    manifest = Path(sys.modules["homeassistant"].__file__ or "").parent
-    requirements = json.loads(
-        (manifest / "components" / "frontend" / "manifest.json").read_text()
-    )["requirements"]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", *requirements],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-                timeout=900,
-            )
-        except subprocess.SubprocessError as err:
-            raise HarnessError(
-                f"installing {' '.join(requirements)} failed: {err}; see {log}"
-            ) from err
-
-
 def start_hass(
     config_dir: Path,
     log: Path,
@@ -267,10 +238,9 @@ def start_hass(
     """Run Home Assistant on 127.0.0.1 with a fresh minimal configuration.
 
     Requirements are never installed at start (--skip-pip): the venv has
-    what this configuration needs, the frontend once ensure_frontend() ran.
+    what this configuration needs (the frontend comes with the test requirements).
     """
     port = port or free_port()
-    ensure_frontend(log.with_name("frontend-install.log"))
     write_hass_config(config_dir, port)
     return start_server(
         "Home Assistant",
@@ -587,6 +557,16 @@ def converse(
         conversation_id=result.get("conversation_id"),
         seconds=seconds,
     )
+
+
+def last_attempts(client: HassClient, router: Router) -> dict[str, dict[str, Any]]:
+    """Each backend's most recent attempt, from the router's diagnostics."""
+    diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")
+    return {
+        name: backend["health"]["recent_attempts"][-1]
+        for name, backend in diagnostics["data"]["backends"].items()
+        if backend["health"]["recent_attempts"]
+    }
 
 
 def state(client: HassClient, entity_id: str) -> dict[str, Any] | None:
