@@ -77,19 +77,26 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         else:
             self.down_since = self.down_since or dt_util.utcnow()
             if dt_util.utcnow() - self.down_since > UNREACHABLE_ISSUE_AFTER:
-                ir.async_create_issue(
-                    self.hass,
-                    DOMAIN,
+                self._raise_issue(
                     unreachable_issue_id(self.subentry_id),
-                    is_fixable=False,
-                    severity=ir.IssueSeverity.WARNING,
-                    translation_key="backend_unreachable",
-                    translation_placeholders={
-                        "backend": self.backend_name,
-                        "url": state.config.url,
-                    },
+                    "backend_unreachable",
+                    ir.IssueSeverity.WARNING,
+                    url=state.config.url,
                 )
         return online
+
+    def _raise_issue(
+        self, issue_id: str, key: str, severity: ir.IssueSeverity, **placeholders: str
+    ) -> None:
+        ir.async_create_issue(
+            self.hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=severity,
+            translation_key=key,
+            translation_placeholders={"backend": self.backend_name, **placeholders},
+        )
 
     async def _check_model(self) -> None:
         state = self.router.states[self.backend_name]
@@ -97,17 +104,11 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         try:
             await state.backend.check_model()
         except ModelNotFound:
-            ir.async_create_issue(
-                self.hass,
-                DOMAIN,
+            self._raise_issue(
                 issue_id,
-                is_fixable=False,
-                severity=ir.IssueSeverity.ERROR,
-                translation_key="model_missing",
-                translation_placeholders={
-                    "backend": self.backend_name,
-                    "model": state.config.model,
-                },
+                "model_missing",
+                ir.IssueSeverity.ERROR,
+                model=state.config.model,
             )
         except BackendError:
             return  # cannot tell now; the next probe asks again

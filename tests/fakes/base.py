@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 import ipaddress
+import json
 import math
 from pathlib import Path
 import socket
@@ -187,6 +188,34 @@ class FakeServer:
     def script(self, *replies: Reply) -> None:
         """Queue replies for the next chat requests, in order."""
         self.replies.extend(replies)
+
+    async def record(self, request: web.Request) -> Any:
+        """Log a request (method, path, auth headers, body) and return its body.
+
+        The body is parsed JSON, the raw text when it is not JSON, or None.
+        It is also kept as request["body"] for the handlers.
+        """
+        body: Any = None
+        if request.can_read_body:
+            text = await request.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": {
+                    name: request.headers[name]
+                    for name in ("Authorization", "Content-Type")
+                    if name in request.headers
+                },
+                "body": body,
+            }
+        )
+        request["body"] = body
+        return body
 
     def next_reply(self) -> Reply:
         """The reply for the chat request being served."""

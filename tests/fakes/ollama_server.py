@@ -110,22 +110,7 @@ class FakeOllama(FakeServer):
     async def _record(
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        body: Any = None
-        if request.can_read_body:
-            body = json.loads(await request.text())
-        self.requests.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "headers": {
-                    name: request.headers[name]
-                    for name in ("Authorization", "Content-Type")
-                    if name in request.headers
-                },
-                "body": body,
-            }
-        )
-        request["body"] = body
+        await self.record(request)
         if self.api_key is not None and (
             request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):

@@ -108,25 +108,7 @@ class FakeOpenAI(FakeServer):
     async def _record(
         self, request: web.Request, handler: _Handler
     ) -> web.StreamResponse:
-        body: Any = None
-        if request.can_read_body:
-            text = await request.text()
-            try:
-                body = json.loads(text)
-            except ValueError:
-                body = text
-        self.requests.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "headers": {
-                    name: request.headers[name]
-                    for name in ("Authorization", "Content-Type")
-                    if name in request.headers
-                },
-                "body": body,
-            }
-        )
+        await self.record(request)
         public = {"/health", "/v1/models"} if self.llama_cpp else set()
         if (
             self.api_key is not None
@@ -134,7 +116,6 @@ class FakeOpenAI(FakeServer):
             and (denied := self._check_key(request.headers.get("Authorization")))
         ):
             return denied
-        request["body"] = body
         return await handler(request)
 
     def _check_key(self, given: str | None) -> web.Response | None:
