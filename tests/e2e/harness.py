@@ -10,6 +10,7 @@ every failure names its step and the log file to read.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import aiohttp
 from homeassistant.util import slugify
 
 from tests.fakes.base import free_port
@@ -308,6 +310,40 @@ class HassClient:
             return json.loads(text) if text else None
         except ValueError:
             return text
+
+    def websocket(self, command: Mapping[str, Any], *, timeout: float = 30.0) -> Any:
+        """Send one command over the WebSocket API; its result."""
+
+        async def exchange() -> Any:
+            url = self.server.url.replace("http", "ws", 1) + "/api/websocket"
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(url) as socket,
+            ):
+                await socket.receive_json()  # auth_required
+                await socket.send_json({"type": "auth", "access_token": self.token})
+                if (reply := await socket.receive_json())["type"] != "auth_ok":
+                    raise HarnessError(f"WebSocket auth: {reply}")
+                await socket.send_json({"id": 1, **command})
+                reply = await socket.receive_json()
+            if not reply.get("success"):
+                raise HarnessError(
+                    f"WebSocket {command['type']}: {reply.get('error')}; "
+                    f"see {self.server.log}"
+                )
+            return reply.get("result")
+
+        # A loop of its own: asyncio.run would reset the thread's loop, which
+        # the Home Assistant test plugin's fixtures still use.
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(exchange(), timeout))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise HarnessError(
+                f"WebSocket {command['type']}: {err!r}; see {self.server.log}"
+            ) from err
+        finally:
+            loop.close()
 
     def get(self, path: str, **kwargs: Any) -> Any:
         """GET path."""

@@ -1,4 +1,4 @@
-"""The integration in a real Home Assistant process, set up through REST.
+"""The integration in a real Home Assistant process, driven through its APIs.
 
 Each test creates its own router: "Pi" is the real llama.cpp server and
 "GPU server", the first choice, is an OpenAI-compatible URL where nothing
@@ -118,6 +118,13 @@ def test_config_flows_create_a_router_with_both_backends(
     assert entry["title"] == setup.router.name
     assert entry["num_subentries"] == 2
     assert state(hass, setup.router.agent_id) is not None
+    registry = hass.websocket({"type": "config/entity_registry/list"})
+    ours = {
+        e["entity_id"].split(".")[0]
+        for e in registry
+        if e["config_entry_id"] == setup.router.entry_id
+    }
+    assert ours == {"ai_task", "binary_sensor", "conversation", "sensor"}
 
 
 def test_turn_falls_back_then_the_dead_backend_is_skipped(
@@ -154,4 +161,21 @@ def test_router_works_after_a_reload(hass: HassClient, setup: Setup) -> None:
     reply = converse(hass, router, QUESTION)
     assert reply.response_type != "error", reply.speech
     assert reply.speech.strip()
+    assert state_value(hass, router.last_backend_id) == "Pi"
+
+
+def test_router_unloaded_and_reloaded_over_websocket(
+    hass: HassClient, setup: Setup
+) -> None:
+    router = setup.router
+    disable = {"type": "config_entries/disable", "entry_id": router.entry_id}
+
+    hass.websocket({**disable, "disabled_by": "user"})
+    assert entry_state(hass, router) == "not_loaded"
+    assert state_value(hass, router.agent_id) == "unavailable"
+
+    hass.websocket({**disable, "disabled_by": None})
+    assert entry_state(hass, router) == "loaded"
+    reply = converse(hass, router, QUESTION)
+    assert reply.response_type != "error", reply.speech
     assert state_value(hass, router.last_backend_id) == "Pi"
