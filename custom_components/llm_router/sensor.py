@@ -35,8 +35,6 @@ class BackendSensorDescription(SensorEntityDescription):
     """A sensor read from what the router knows about a backend."""
 
     value_fn: Callable[[BackendState], StateType]
-    attributes_fn: Callable[[BackendState], Mapping[str, Any]] | None = None
-    kinds: frozenset[BackendKind] = frozenset(BackendKind)
 
 
 def _loaded_model(state: BackendState) -> StateType:
@@ -96,14 +94,12 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         suggested_display_precision=2,
         value_fn=lambda s: s.last_stats.response_time if s.last_stats else None,
     ),
-    BackendSensorDescription(
-        key="loaded_model",
-        translation_key="loaded_model",
-        entity_category=EntityCategory.DIAGNOSTIC,
-        value_fn=_loaded_model,
-        attributes_fn=_loaded_model_attributes,
-        kinds=frozenset({BackendKind.OLLAMA}),
-    ),
+)
+LOADED_MODEL = BackendSensorDescription(
+    key="loaded_model",
+    translation_key="loaded_model",
+    entity_category=EntityCategory.DIAGNOSTIC,
+    value_fn=_loaded_model,
 )
 
 
@@ -164,8 +160,9 @@ async def async_setup_entry(
         entities: list[SensorEntity] = [
             BackendSensor(entry, coordinator, description)
             for description in BACKEND_SENSORS
-            if kind in description.kinds
         ]
+        if kind is BackendKind.OLLAMA:  # only Ollama says what it has loaded
+            entities.append(LoadedModelSensor(entry, coordinator, LOADED_MODEL))
         entities += [
             BackendCounter(entry, coordinator, description)
             for description in BACKEND_COUNTERS
@@ -188,20 +185,23 @@ class BackendSensor(LLMRouterBackendEntity, SensorEntity):
         """Create the sensor."""
         super().__init__(entry, coordinator, description.key)
         self.entity_description = description
-        if description.attributes_fn is not None:
-            self._unrecorded_attributes = frozenset({"size_vram", "expires_at"})
 
     @property
     def native_value(self) -> StateType:
         """The sensor's value."""
         return self.entity_description.value_fn(self.backend)
 
+
+class LoadedModelSensor(BackendSensor):
+    """The model Ollama holds in memory, with its VRAM and unload time."""
+
+    # They change with every request; history of them is noise.
+    _unrecorded_attributes = frozenset({"size_vram", "expires_at"})
+
     @property
-    def extra_state_attributes(self) -> Mapping[str, Any] | None:
-        """Details, where the description has any."""
-        if self.entity_description.attributes_fn is None:
-            return None
-        return self.entity_description.attributes_fn(self.backend)
+    def extra_state_attributes(self) -> Mapping[str, Any]:
+        """VRAM in bytes and when Ollama unloads the model."""
+        return _loaded_model_attributes(self.backend)
 
 
 class _Restoring(RestoreSensor):
