@@ -7,8 +7,9 @@ from datetime import timedelta
 from homeassistant.components import conversation
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import Context, HomeAssistant
-from homeassistant.helpers import intent
+from homeassistant.helpers import device_registry as dr, intent
 from homeassistant.util import dt as dt_util
+import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
 from tests.conftest import backend, router_entry, setup_router, until
@@ -93,3 +94,18 @@ async def test_broken_prompt_template_is_reported(
     result = await ask(hass, "Hello")
     assert result.response.response_type is intent.IntentResponseType.ERROR
     assert ollama.chat_bodies == []
+
+
+async def test_backend_devices_hang_off_the_router_device(
+    hass: HomeAssistant, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", ollama.url, "deepseek-r1:1.5b", 1))
+    )
+    registry = dr.async_get(hass)
+    router = registry.async_get_device(identifiers={("llm_router", entry.entry_id)})
+    pi = registry.async_get_device(identifiers={("llm_router", "pi")})
+    assert router is not None
+    assert pi is not None
+    assert pi.via_device_id == router.id
+    assert "non existing `via_device`" not in caplog.text

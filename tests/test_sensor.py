@@ -15,7 +15,7 @@ from pytest_homeassistant_custom_component.common import (
 )
 from syrupy.assertion import SnapshotAssertion
 
-from tests.conftest import backend, router_entry, setup_router, until
+from tests.conftest import backend, probe_backends, router_entry, setup_router, until
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama, RunningModel
 from tests.fakes.openai_server import FakeOpenAI
@@ -49,6 +49,7 @@ async def test_entities(
     snapshot: SnapshotAssertion,
     pi_server: FakeOllama,
     openai: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     entry = await setup_router(
         hass,
@@ -57,7 +58,7 @@ async def test_entities(
             backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
         ),
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     entries = sorted(
         er.async_entries_for_config_entry(entity_registry, entry.entry_id),
         key=lambda e: e.entity_id,
@@ -77,6 +78,12 @@ async def test_entities(
     assert pi_device.sw_version == "0.12.6"
     assert pi_device.configuration_url == pi_server.url
     assert pi_device.config_entries_subentries[entry.entry_id] == {"pi"}
+    router = device_registry.async_get_device(identifiers={("llm_router", "router")})
+    assert router is not None
+    assert pi_device.via_device_id == router.id
+    # The router's device exists before any backend's names it as its hub.
+    assert router.created_at < pi_device.created_at
+    assert "non existing `via_device`" not in caplog.text
 
 
 async def test_values_after_a_fallback_turn(
@@ -187,18 +194,19 @@ async def test_probe_interval_option(
             backend("Pi", "ollama", pi_server.url, "llama3.2", 1), probe_interval=60
         ),
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     assert value(hass, "binary_sensor.pi_online") == "on"
     assert entry.runtime_data.coordinators["Pi"].update_interval == timedelta(
         seconds=60
     )
     probes = len([r for r in pi_server.requests if r["path"] == "/api/version"])
     async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=55))
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await hass.async_block_till_done()
     assert len([r for r in pi_server.requests if r["path"] == "/api/version"]) == probes
     async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=61))
-    await hass.async_block_till_done(wait_background_tasks=True)
-    assert (
-        len([r for r in pi_server.requests if r["path"] == "/api/version"])
-        == probes + 1
+    await until(
+        lambda: (
+            len([r for r in pi_server.requests if r["path"] == "/api/version"])
+            == probes + 1
+        )
     )

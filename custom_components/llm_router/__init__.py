@@ -6,7 +6,11 @@ from datetime import timedelta
 
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
-from homeassistant.helpers import config_validation as cv, issue_registry as ir
+from homeassistant.helpers import (
+    config_validation as cv,
+    device_registry as dr,
+    issue_registry as ir,
+)
 from homeassistant.helpers.typing import ConfigType
 
 from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN
@@ -15,6 +19,7 @@ from .coordinator import (
     model_missing_issue_id,
     unreachable_issue_id,
 )
+from .entity import router_device
 from .runtime import LLMRouterConfigEntry, create_router
 from .services import async_setup_services
 
@@ -57,6 +62,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
             hass, coordinator.async_refresh(), f"llm_router probe {name}"
         )
     _async_delete_orphan_issues(hass)
+    # Backend devices name the router's device as theirs: it must exist first.
+    dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, **router_device(entry)
+    )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True
