@@ -173,3 +173,27 @@ async def test_benchmark_one_backend(hass: HomeAssistant, ollama: FakeOllama) ->
     )
     assert response is not None
     assert list(response["backends"]) == ["Pi"]
+
+
+async def test_ask_without_response_variable(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    """A script may just want the agent to act, ignoring the answer."""
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    await hass.services.async_call(
+        "llm_router", "ask", {"text": "Lights off"}, blocking=True
+    )
+    assert ollama.chat_bodies[-1]["messages"][-1]["content"] == "Lights off"
+
+
+async def test_benchmark_without_response_updates_sensors(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    ollama.script(Reply(text="One, two.", completion_tokens=21, generation_seconds=3.0))
+    await hass.services.async_call(
+        "llm_router", "benchmark", {"backend": "Pi"}, blocking=True
+    )
+    assert float(hass.states.get("sensor.pi_generation_speed").state) == pytest.approx(
+        7.0
+    )

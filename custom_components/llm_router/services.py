@@ -200,12 +200,12 @@ def async_setup_services(hass: HomeAssistant) -> None:
         SERVICE_ASK,
         _async_ask,
         schema=ASK_SCHEMA,
-        supports_response=SupportsResponse.ONLY,
+        supports_response=SupportsResponse.OPTIONAL,
     )
     hass.services.async_register(
         DOMAIN,
         SERVICE_BENCHMARK,
         _async_benchmark,
         schema=BENCHMARK_SCHEMA,
-        supports_response=SupportsResponse.ONLY,
+        supports_response=SupportsResponse.OPTIONAL,
     )
