@@ -104,3 +104,14 @@ async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+async def probe_backends(hass: HomeAssistant, entry: MockConfigEntry) -> None:
+    """Run every backend's health check now, as its schedule would.
+
+    Tests call this rather than waiting for the first check, which setup
+    starts in the background.
+    """
+    for coordinator in entry.runtime_data.coordinators.values():
+        await coordinator.async_refresh()
+    await hass.async_block_till_done()

@@ -11,7 +11,7 @@ from pytest_homeassistant_custom_component.components.diagnostics import (
 )
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, probe_backends, router_entry, setup_router
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -33,7 +33,7 @@ async def test_diagnostics(
             backend("Pi", "ollama", ollama.url, "llama3.2", 2),
         ),
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     await conversation.async_converse(
         hass, "Hello", None, Context(), agent_id="conversation.llm_router"
     )

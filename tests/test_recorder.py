@@ -13,7 +13,7 @@ from pytest_homeassistant_custom_component.components.recorder.common import (
     async_wait_recording_done,
 )
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, probe_backends, router_entry, setup_router
 from tests.fakes.ollama_server import FakeOllama, RunningModel
 
 
@@ -26,10 +26,10 @@ def _custom_integrations(
 
 async def test_loaded_model_details_are_not_recorded(hass: HomeAssistant) -> None:
     async with FakeOllama(running=[RunningModel("llama3.2:latest")]) as pi:
-        await setup_router(
+        entry = await setup_router(
             hass, router_entry(backend("Pi", "ollama", pi.url, "llama3.2", 1))
         )
-        await hass.async_block_till_done(wait_background_tasks=True)
+        await probe_backends(hass, entry)
     state = hass.states.get("sensor.pi_loaded_model")
     assert state is not None
     assert state.attributes["size_vram"]

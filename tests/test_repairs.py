@@ -8,7 +8,7 @@ from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import issue_registry as ir
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, probe_backends, router_entry, setup_router
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -23,7 +23,7 @@ async def test_unreachable_for_over_an_hour(
         hass, router_entry(backend("Pi", "ollama", url, "llama3.2", 1))
     )
     coordinator = entry.runtime_data.coordinators["Pi"]
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     freezer.tick(timedelta(minutes=59))
     await coordinator.async_refresh()
     assert issue_registry.async_get_issue("llm_router", "unreachable_pi") is None
@@ -47,7 +47,7 @@ async def test_missing_model(
     entry = await setup_router(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "deepseek-r1:1.5b", 1))
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     issue = issue_registry.async_get_issue("llm_router", "model_missing_pi")
     assert issue is not None
     assert issue.severity is ir.IssueSeverity.ERROR
@@ -66,10 +66,11 @@ async def test_issues_of_removed_backends_are_dropped(
             backend("Pi 2", "ollama", ollama.url, "llama3.2", 2),
         ),
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     assert issue_registry.async_get_issue("llm_router", "model_missing_pi")
     hass.config_entries.async_remove_subentry(entry, "pi")
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await hass.async_block_till_done()
+    await probe_backends(hass, entry)
     assert issue_registry.async_get_issue("llm_router", "model_missing_pi") is None
 
 
@@ -79,7 +80,7 @@ async def test_issues_removed_with_the_router(
     entry = await setup_router(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "deepseek-r1:1.5b", 1))
     )
-    await hass.async_block_till_done(wait_background_tasks=True)
+    await probe_backends(hass, entry)
     assert issue_registry.async_get_issue("llm_router", "model_missing_pi")
     await hass.config_entries.async_remove(entry.entry_id)
     assert issue_registry.async_get_issue("llm_router", "model_missing_pi") is None
