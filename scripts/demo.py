@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+import json
 from pathlib import Path
 import secrets
 import signal
@@ -21,6 +22,7 @@ from tests.e2e.harness import (
     Router,
     Server,
     add_backend,
+    ask_action,
     converse,
     create_router,
     integration_states,
@@ -90,6 +92,12 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     for question in QUESTIONS:
         with step(f"Asking {router.agent_id}"):
             ask(hass, router, question)
+
+    action_question = "Name one thing a smart home can automate."
+    with step("Asking through the llm_router.ask action, with response data"):
+        response = ask_action(hass, router, action_question)
+    print(f"    Q: {action_question}")
+    print(textwrap.indent(json.dumps(response, indent=2), "    "))
 
     with step("The router's entities"):
         for item in integration_states(hass):

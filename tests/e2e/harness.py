@@ -595,6 +595,18 @@ def converse(
     )
 
 
+def ask_action(
+    client: HassClient, router: Router, text: str, *, timeout: float = 180.0
+) -> dict[str, Any]:
+    """Call llm_router.ask through the REST API; its response data."""
+    result = client.post(
+        "/api/services/llm_router/ask?return_response",
+        {"text": text, "config_entry_id": router.entry_id},
+        timeout=timeout,
+    )
+    return dict(result["service_response"])
+
+
 def last_attempts(client: HassClient, router: Router) -> dict[str, dict[str, Any]]:
     """Each backend's most recent attempt, from the router's diagnostics."""
     diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     Router,
     Server,
     add_backend,
+    ask_action,
     converse,
     create_router,
     entry_state,
@@ -179,3 +180,16 @@ def test_router_unloaded_and_reloaded_over_websocket(
     reply = converse(hass, router, QUESTION)
     assert reply.response_type != "error", reply.speech
     assert state_value(hass, router.last_backend_id) == "Pi"
+
+
+def test_ask_action_reports_the_fallback(hass: HassClient, setup: Setup) -> None:
+    response = ask_action(hass, setup.router, QUESTION)
+
+    assert response["response"].strip()
+    assert response["backend"] == "Pi"
+    assert response["model"] == LLM_MODEL
+    assert response["fell_back"] is True
+    assert [a["backend"] for a in response["attempts"]] == ["GPU server", "Pi"]
+    assert response["attempts"][-1]["outcome"] == "ok"
+    assert response["generation_speed"] > 0
+    assert response["time_to_first_token"] > 0
