@@ -494,3 +494,24 @@ async def test_probe_does_not_reset_failures_of_a_closed_breaker() -> None:
     await collect(router)
     assert await router.async_probe("GPU")
     assert router.states["GPU"].breaker.consecutive_failures == 2
+
+
+async def test_one_log_line_when_lost_and_one_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gpu, pi = ScriptedBackend("GPU", 1), ScriptedBackend("Pi", 2)
+    gpu.probe_error = BackendUnreachable("connection refused")
+    router = TrackedRouter([gpu, pi], settings=RouterSettings(cooldown=3600))
+    assert await router.async_probe("GPU") is False
+    for _ in range(3):
+        await router.async_probe("GPU")
+        await collect(router)
+    gpu.probe_error = None
+    for _ in range(3):
+        await router.async_probe("GPU")
+        await collect(router)
+    messages = [r.getMessage() for r in caplog.records if "GPU" in r.getMessage()]
+    assert messages == [
+        "Backend GPU is unavailable: connection refused",
+        "Backend GPU is answering again",
+    ]
