@@ -47,10 +47,12 @@ KEEP_PORT = 8123
 def step(title: str) -> Iterator[None]:
     """Announce a step; name it in any failure."""
     print(f"==> {title}", flush=True)
+    started = time.monotonic()
     try:
         yield
     except HarnessError as err:
         raise HarnessError(f"{title}: {err}") from None
+    print(f"    ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def run(work: Path, keep: bool, servers: list[Server]) -> None:
