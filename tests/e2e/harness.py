@@ -517,7 +517,24 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
         {"handler": [router.entry_id, "backend"]},
         [("user", connection), ("model", backend.model_step())],
     )
+    # The new subentry reloads the entry later; until then the old router,
+    # without this backend, is still loaded and answering.
+    wait_until(
+        lambda: backend.name in _running_backends(client, router),
+        timeout=60,
+        what=f"router {router.name!r} to run with backend {backend.name!r}",
+        server=client.server,
+    )
     wait_loaded(client, router)
+
+
+def _running_backends(client: HassClient, router: Router) -> set[str]:
+    """Backends of the router as loaded now (none while it reloads)."""
+    try:
+        diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")
+    except HarnessError:  # not loaded at this moment
+        return set()
+    return set(diagnostics["data"]["backends"])
 
 
 def entry_state(client: HassClient, router: Router) -> str | None:
