@@ -105,22 +105,12 @@ LOADED_MODEL = BackendSensorDescription(
 
 @dataclass(frozen=True, kw_only=True)
 class CounterDescription(SensorEntityDescription):
-    """A counter that survives restarts: read, and seeded after a restore."""
+    """A counter that survives restarts, kept in an attribute of its owner.
 
-    value_fn: Callable[[Any], int]
-    seed_fn: Callable[[Any, int], None]
+    Sensors read it there, and seed it there after a restore.
+    """
 
-
-def _seed_requests(state: BackendState, value: int) -> None:
-    state.requests = value
-
-
-def _seed_failures(state: BackendState, value: int) -> None:
-    state.failures = value
-
-
-def _seed_fallbacks(data: LLMRouterData, value: int) -> None:
-    data.fallbacks = value
+    attribute: str
 
 
 BACKEND_COUNTERS: tuple[CounterDescription, ...] = (
@@ -128,15 +118,13 @@ BACKEND_COUNTERS: tuple[CounterDescription, ...] = (
         key="requests",
         translation_key="requests",
         state_class=SensorStateClass.TOTAL_INCREASING,
-        value_fn=lambda s: s.requests,
-        seed_fn=_seed_requests,
+        attribute="requests",
     ),
     CounterDescription(
         key="failures",
         translation_key="failures",
         state_class=SensorStateClass.TOTAL_INCREASING,
-        value_fn=lambda s: s.failures,
-        seed_fn=_seed_failures,
+        attribute="failures",
     ),
 )
 
@@ -144,8 +132,7 @@ FALLBACKS = CounterDescription(
     key="fallbacks",
     translation_key="fallbacks",
     state_class=SensorStateClass.TOTAL_INCREASING,
-    value_fn=lambda data: data.fallbacks,
-    seed_fn=_seed_fallbacks,
+    attribute="fallbacks",
 )
 
 
@@ -217,15 +204,14 @@ class _Restoring(RestoreSensor):
         await super().async_added_to_hass()
         last = await self.async_get_last_sensor_data()
         if last is not None and isinstance(last.native_value, (int, float)):
-            total = int(last.native_value) + self.entity_description.value_fn(
-                self._counted()
-            )
-            self.entity_description.seed_fn(self._counted(), total)
+            attribute = self.entity_description.attribute
+            total = int(last.native_value) + self.native_value
+            setattr(self._counted(), attribute, total)
 
     @property
     def native_value(self) -> int:
         """The count."""
-        return self.entity_description.value_fn(self._counted())
+        return int(getattr(self._counted(), self.entity_description.attribute))
 
 
 class BackendCounter(LLMRouterBackendEntity, _Restoring):
