@@ -19,7 +19,7 @@ from .coordinator import (
     model_missing_issue_id,
     unreachable_issue_id,
 )
-from .entity import router_device
+from .entity import router_device_identifier
 from .runtime import LLMRouterConfigEntry, create_router
 from .services import async_setup_services
 
@@ -40,7 +40,12 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> bool:
     """Set up a router; its backends may still be down (they are probed)."""
-    data = create_router(hass, entry)
+    # Backend devices link to the router's device: it must exist first. Its
+    # entities fill in the rest of its details.
+    router_device = dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={router_device_identifier(entry)}
+    )
+    data = create_router(hass, entry, router_device.id)
     entry.runtime_data = data
     entry.async_on_unload(data.router.close)
     interval = timedelta(
@@ -62,10 +67,6 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
             hass, coordinator.async_refresh(), f"llm_router probe {name}"
         )
     _async_delete_orphan_issues(hass)
-    # Backend devices name the router's device as theirs: it must exist first.
-    dr.async_get(hass).async_get_or_create(
-        config_entry_id=entry.entry_id, **router_device(entry)
-    )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True

@@ -12,10 +12,9 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import llm
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.util.json import json_loads
-import voluptuous as vol
-from voluptuous_openapi import convert
+import probatio
 
-from .chat import async_run_chat_log, backends_failed_error
+from .chat import async_run_chat_log, backends_failed_error, json_schema
 from .const import DOMAIN, LOGGER
 from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
@@ -37,13 +36,13 @@ async def async_setup_entry(
     async_add_entities([LLMRouterTaskEntity(entry)])
 
 
-def parse_structured(text: str, structure: vol.Schema) -> Any:
+def parse_structured(text: str, structure: probatio.Schema) -> Any:
     """The model's JSON answer, validated against the task's structure."""
     if match := _CODE_FENCE.match(text):
         text = match.group(1)
     try:
         return structure(json_loads(text))
-    except (JSONDecodeError, vol.Invalid) as err:
+    except (JSONDecodeError, probatio.Invalid) as err:
         LOGGER.debug("Invalid structured output %r: %s", text, err)
         raise HomeAssistantError(
             translation_domain=DOMAIN,
@@ -70,7 +69,7 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
         if task.structure is not None:
             api = chat_log.llm_api
             serializer = api.custom_serializer if api else llm.selector_serializer
-            schema = convert(task.structure, custom_serializer=serializer)
+            schema = json_schema(task.structure, serializer)
         try:
             report = await async_run_chat_log(
                 self.entry.runtime_data.router,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 import json
 from typing import Any
@@ -12,7 +12,7 @@ from homeassistant.const import CONF_LLM_HASS_API
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import llm
 from homeassistant.helpers.translation import async_get_exception_message
-from voluptuous_openapi import convert
+import probatio
 
 from .const import CONF_MAX_HISTORY, CONF_PROMPT, DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
 from .engine.models import (
@@ -50,11 +50,21 @@ class ChatReport:
         return any(turn.fell_back for turn in self.turns)
 
 
+def json_schema(
+    schema: probatio.Schema, serializer: Callable[[Any], Any] | None
+) -> dict[str, Any]:
+    """A Home Assistant schema as the JSON schema model servers take."""
+    converted: dict[str, Any] = probatio.to_openapi(
+        schema, custom_serializer=serializer, openapi_version="3.1.0"
+    )
+    return converted
+
+
 def _tool_spec(tool: llm.Tool, api: llm.APIInstance) -> ToolSpec:
     return ToolSpec(
         name=tool.name,
         description=tool.description,
-        parameters=convert(tool.parameters, custom_serializer=api.custom_serializer),
+        parameters=json_schema(tool.parameters, api.custom_serializer),
     )
 
 
@@ -75,7 +85,9 @@ def _message(content: conversation.Content) -> ChatMessage:
         case conversation.ToolResultContent():
             return ChatMessage(
                 "tool",
-                json.dumps(content.tool_result),
+                json.dumps(
+                    {"data": content.result.data, "error": content.result.error}
+                ),
                 tool_call_id=content.tool_call_id,
                 tool_name=content.tool_name,
             )
@@ -122,6 +134,18 @@ def failure_sentence(error: AllBackendsFailed) -> str:
         async_get_exception_message(DOMAIN, "all_backends_failed", {"reasons": reasons})
         + "."
     )
+
+
+def end_turn_with_failure(
+    chat_log: conversation.ChatLog, agent_id: str, error: AllBackendsFailed
+) -> str:
+    """End the turn with the one sentence that says no backend answered."""
+    LOGGER.warning("No backend answered: %s", error)
+    sentence = failure_sentence(error)
+    chat_log.async_add_assistant_content_without_tools(
+        conversation.AssistantContent(agent_id, sentence)
+    )
+    return sentence
 
 
 async def _deltas(turn: Turn) -> AsyncIterator[conversation.AssistantContentDeltaDict]:

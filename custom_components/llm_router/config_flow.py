@@ -38,7 +38,7 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
-import voluptuous as vol
+import probatio
 from yarl import URL
 
 from .const import (
@@ -83,11 +83,15 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-def _server_fields(defaults: Mapping[str, Any]) -> dict[vol.Marker, Any]:
+def _server_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
     """Fields that say where a backend is."""
     return {
-        vol.Required(CONF_NAME, default=defaults.get(CONF_NAME, vol.UNDEFINED)): str,
-        vol.Required(CONF_KIND, default=defaults.get(CONF_KIND, BackendKind.OLLAMA)): (
+        probatio.Required(
+            CONF_NAME, default=defaults.get(CONF_NAME, probatio.UNDEFINED)
+        ): str,
+        probatio.Required(
+            CONF_KIND, default=defaults.get(CONF_KIND, BackendKind.OLLAMA)
+        ): (
             SelectSelector(
                 SelectSelectorConfig(
                     options=list(BackendKind),
@@ -96,10 +100,10 @@ def _server_fields(defaults: Mapping[str, Any]) -> dict[vol.Marker, Any]:
                 )
             )
         ),
-        vol.Required(CONF_URL, default=defaults.get(CONF_URL, vol.UNDEFINED)): (
-            TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
-        ),
-        vol.Optional(
+        probatio.Required(
+            CONF_URL, default=defaults.get(CONF_URL, probatio.UNDEFINED)
+        ): (TextSelector(TextSelectorConfig(type=TextSelectorType.URL))),
+        probatio.Optional(
             CONF_API_KEY, description={"suggested_value": defaults.get(CONF_API_KEY)}
         ): TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD)),
     }
@@ -119,14 +123,16 @@ def _seconds(maximum: float) -> NumberSelector:
 
 def _model_schema(
     kind: BackendKind, models: list[str], defaults: Mapping[str, Any]
-) -> vol.Schema:
+) -> probatio.Schema:
     """Fields that say which model to use and how."""
 
     def default(key: str, fallback: Any) -> Any:
         return defaults.get(key, fallback)
 
-    fields: dict[vol.Marker, Any] = {
-        vol.Required(CONF_MODEL, default=default(CONF_MODEL, vol.UNDEFINED)): (
+    fields: dict[probatio.Marker, Any] = {
+        probatio.Required(
+            CONF_MODEL, default=default(CONF_MODEL, probatio.UNDEFINED)
+        ): (
             SelectSelector(
                 SelectSelectorConfig(
                     options=models,
@@ -136,40 +142,46 @@ def _model_schema(
                 )
             )
         ),
-        vol.Required(CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)): (
+        probatio.Required(
+            CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)
+        ): (
             NumberSelector(
                 NumberSelectorConfig(min=1, max=100, mode=NumberSelectorMode.BOX)
             )
         ),
-        vol.Required(
+        probatio.Required(
             CONF_MAX_PARALLEL, default=default(CONF_MAX_PARALLEL, DEFAULT_MAX_PARALLEL)
         ): NumberSelector(
             NumberSelectorConfig(min=1, max=64, mode=NumberSelectorMode.BOX)
         ),
-        vol.Required(
+        probatio.Required(
             CONF_CONNECT_TIMEOUT,
             default=default(CONF_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
         ): _seconds(60),
-        vol.Required(
+        probatio.Required(
             CONF_FIRST_TOKEN_TIMEOUT,
             default=default(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT),
         ): _seconds(600),
-        vol.Required(CONF_THINK, default=default(CONF_THINK, False)): BooleanSelector(),
+        probatio.Required(
+            CONF_THINK, default=default(CONF_THINK, False)
+        ): BooleanSelector(),
     }
     if kind is BackendKind.OLLAMA:
         fields[
-            vol.Required(
+            probatio.Required(
                 CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE)
             )
         ] = str
         fields[
-            vol.Required(CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX))
+            probatio.Required(
+                CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX)
+            )
         ] = NumberSelector(
             NumberSelectorConfig(
                 min=256, max=1048576, step=256, mode=NumberSelectorMode.BOX
             )
         )
-    return vol.Schema(fields)
+    return probatio.Schema(fields)
 
 
 def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,11 +274,11 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
             errors, self._models = await _async_check_server(self.hass, self._server)
             if not errors:
                 return await self.async_step_model()
-        schema = vol.Schema(
+        schema = probatio.Schema(
             {
-                vol.Required(CONF_NAME, default=self._router_name): str,
-                vol.Required(CONF_BACKEND): section(
-                    vol.Schema(_server_fields(self._server)), {"collapsed": False}
+                probatio.Required(CONF_NAME, default=self._router_name): str,
+                probatio.Required(CONF_BACKEND): section(
+                    probatio.Schema(_server_fields(self._server)), {"collapsed": False}
                 ),
             }
         )
@@ -333,9 +345,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
                 self._skip_check = bool(user_input.get(CONF_SKIP_CHECK))
                 return await self.async_step_model()
         fields = _server_fields(self._server or self._defaults())
-        fields[vol.Optional(CONF_SKIP_CHECK, default=False)] = BooleanSelector()
+        fields[probatio.Optional(CONF_SKIP_CHECK, default=False)] = BooleanSelector()
         return self.async_show_form(
-            step_id="user", data_schema=vol.Schema(fields), errors=errors
+            step_id="user", data_schema=probatio.Schema(fields), errors=errors
         )
 
     async_step_reconfigure = async_step_user
@@ -401,23 +413,25 @@ class LLMRouterOptionsFlow(OptionsFlow):
             SelectOptionDict(value=api.id, label=api.name)
             for api in llm.async_get_apis(self.hass)
         ]
-        schema = vol.Schema(
+        schema = probatio.Schema(
             {
-                vol.Optional(
+                probatio.Optional(
                     CONF_PROMPT, description={"suggested_value": options[CONF_PROMPT]}
                 ): TemplateSelector(),
-                vol.Optional(
+                probatio.Optional(
                     CONF_LLM_HASS_API,
                     description={"suggested_value": options[CONF_LLM_HASS_API]},
                 ): SelectSelector(SelectSelectorConfig(options=apis, multiple=True)),
-                vol.Required(CONF_MAX_HISTORY, default=options[CONF_MAX_HISTORY]): (
+                probatio.Required(
+                    CONF_MAX_HISTORY, default=options[CONF_MAX_HISTORY]
+                ): (
                     NumberSelector(
                         NumberSelectorConfig(
                             min=0, max=100, mode=NumberSelectorMode.BOX
                         )
                     )
                 ),
-                vol.Required(
+                probatio.Required(
                     CONF_PROBE_INTERVAL, default=options[CONF_PROBE_INTERVAL]
                 ): NumberSelector(
                     NumberSelectorConfig(
@@ -427,7 +441,9 @@ class LLMRouterOptionsFlow(OptionsFlow):
                         mode=NumberSelectorMode.BOX,
                     )
                 ),
-                vol.Required(CONF_POLICY, default=options[CONF_POLICY]): SelectSelector(
+                probatio.Required(
+                    CONF_POLICY, default=options[CONF_POLICY]
+                ): SelectSelector(
                     SelectSelectorConfig(
                         options=list(PolicyName), translation_key=CONF_POLICY
                     )

@@ -10,8 +10,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import intent
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .chat import async_answer, failure_sentence
-from .const import LOGGER
+from .chat import async_answer, end_turn_with_failure
 from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
@@ -59,11 +58,7 @@ class LLMRouterConversationEntity(LLMRouterEntity, conversation.ConversationEnti
         except conversation.ConverseError as err:
             return err.as_conversation_result()
         except AllBackendsFailed as err:
-            LOGGER.warning("No backend answered: %s", err)
-            sentence = failure_sentence(err)
-            chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(self.entity_id, sentence)
-            )
+            sentence = end_turn_with_failure(chat_log, self.entity_id, err)
             response = intent.IntentResponse(language=user_input.language)
             response.async_set_error(intent.IntentResponseErrorCode.UNKNOWN, sentence)
             return conversation.ConversationResult(

@@ -120,7 +120,9 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         if version == self._version:
             return
         registry = dr.async_get(self.hass)
-        device = registry.async_get_device(identifiers={(DOMAIN, self.subentry_id)})
+        device = registry.async_get_device_by_identifier(
+            (DOMAIN, self.subentry_id), self.config_entry.entry_id
+        )
         if device is not None:
             self._version = version
             registry.async_update_device(device.id, sw_version=version)

@@ -19,15 +19,9 @@ MANUFACTURERS = {
 }
 
 
-def router_device(entry: LLMRouterConfigEntry) -> DeviceInfo:
-    """The router's own device."""
-    return DeviceInfo(
-        identifiers={(DOMAIN, entry.entry_id)},
-        name=entry.title,
-        manufacturer="LLM Router",
-        model="Router",
-        entry_type=DeviceEntryType.SERVICE,
-    )
+def router_device_identifier(entry: LLMRouterConfigEntry) -> tuple[str, str]:
+    """How the device registry knows the router's own device."""
+    return (DOMAIN, entry.entry_id)
 
 
 class LLMRouterEntity(Entity):
@@ -39,7 +33,13 @@ class LLMRouterEntity(Entity):
         """Attach the entity to the router's device."""
         self.entry = entry
         self._attr_unique_id = f"{entry.entry_id}_{key}"
-        self._attr_device_info = router_device(entry)
+        self._attr_device_info = DeviceInfo(
+            identifiers={router_device_identifier(entry)},
+            name=entry.title,
+            manufacturer="LLM Router",
+            model="Router",
+            entry_type=DeviceEntryType.SERVICE,
+        )
 
 
 class LLMRouterStateEntity(LLMRouterEntity):
@@ -81,7 +81,7 @@ class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator]):
             model=config.model,
             sw_version=self.backend.version,
             configuration_url=config.url,
-            via_device=(DOMAIN, entry.entry_id),
+            via_device_id=entry.runtime_data.router_device_id,
         )
 
     @property

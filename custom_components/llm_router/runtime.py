@@ -47,6 +47,8 @@ class LLMRouterData:
     router: Router
     backend_subentries: dict[str, str]
     """Backend name -> subentry id."""
+    router_device_id: str
+    """The router's device, which the backends' devices are linked to."""
     coordinators: dict[str, BackendHealthCoordinator] = field(default_factory=dict)
     """Backend name -> its health coordinator."""
     fallbacks: int = 0
@@ -124,7 +126,9 @@ def backend_subentries(entry: ConfigEntry) -> list[ConfigSubentry]:
     ]
 
 
-def create_router(hass: HomeAssistant, entry: ConfigEntry) -> LLMRouterData:
+def create_router(
+    hass: HomeAssistant, entry: ConfigEntry, router_device_id: str
+) -> LLMRouterData:
     """Build the router for a config entry from its subentries and options."""
     subentries = backend_subentries(entry)
     backends = [create_backend(hass, backend_config(s.data)) for s in subentries]
@@ -134,6 +138,7 @@ def create_router(hass: HomeAssistant, entry: ConfigEntry) -> LLMRouterData:
     data = LLMRouterData(
         router=Router(backends, policy=policy),
         backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},
+        router_device_id=router_device_id,
     )
     data.router.add_listener(data.async_notify)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from homeassistant.components import conversation
@@ -14,15 +15,15 @@ from homeassistant.core import (
     SupportsResponse,
     callback,
 )
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers import (
     chat_session,
     config_validation as cv,
     entity_registry as er,
 )
-import voluptuous as vol
+import probatio
 
-from .chat import async_answer, backends_failed_error
+from .chat import async_answer, backends_failed_error, end_turn_with_failure
 from .const import DOMAIN
 from .engine.models import ChatMessage, ChatRequest
 from .engine.router import AllBackendsFailed, Router
@@ -36,22 +37,37 @@ ATTR_CONVERSATION_ID = "conversation_id"
 ATTR_BACKEND = "backend"
 ATTR_THINK = "think"
 
+
+def _session_context(call: ServiceCall) -> dict[str, Any]:
+    """The caller's context, whose user owns the conversation (HA 2026.11+).
+
+    Home Assistant 2026.10 takes no context here.
+    """
+    return {"context": call.context}
+
+
+_SESSION_CONTEXT = (
+    _session_context
+    if "context" in inspect.signature(chat_session.async_get_chat_session).parameters
+    else lambda call: {}
+)
+
 # Short and fixed, so runs compare; long enough to measure decoding.
 BENCHMARK_PROMPT = "Count from one to twenty in words, separated by commas."
 
-ASK_SCHEMA = vol.Schema(
+ASK_SCHEMA = probatio.Schema(
     {
-        vol.Required(ATTR_TEXT): cv.string,
-        vol.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
-        vol.Optional(ATTR_CONVERSATION_ID): cv.string,
-        vol.Optional(ATTR_BACKEND): cv.string,
-        vol.Optional(ATTR_THINK): cv.boolean,
+        probatio.Required(ATTR_TEXT): cv.string,
+        probatio.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
+        probatio.Optional(ATTR_CONVERSATION_ID): cv.string,
+        probatio.Optional(ATTR_BACKEND): cv.string,
+        probatio.Optional(ATTR_THINK): cv.boolean,
     }
 )
-BENCHMARK_SCHEMA = vol.Schema(
+BENCHMARK_SCHEMA = probatio.Schema(
     {
-        vol.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
-        vol.Optional(ATTR_BACKEND): cv.string,
+        probatio.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
+        probatio.Optional(ATTR_BACKEND): cv.string,
     }
 )
 
@@ -134,12 +150,15 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         language=hass.config.language,
         agent_id=agent_id,
     )
+    failed: conversation.ConverseError | AllBackendsFailed | None = None
     with (
         chat_session.async_get_chat_session(
-            hass, user_input.conversation_id
+            hass, user_input.conversation_id, **_SESSION_CONTEXT(call)
         ) as session,
         conversation.async_get_chat_log(hass, session, user_input) as chat_log,
     ):
+        # Errors leave the chat log's turn only once it ended with what the
+        # agent would say; an escaping error would add its own "Error: ...".
         try:
             report = await async_answer(
                 entry,
@@ -150,10 +169,18 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
                 think=call.data.get(ATTR_THINK),
             )
         except conversation.ConverseError as err:
-            raise HomeAssistantError(str(err)) from err
+            failed = err
+            chat_log.async_add_assistant_content_without_tools(
+                conversation.AssistantContent(agent_id, str(err))
+            )
         except AllBackendsFailed as err:
-            raise backends_failed_error(err) from err
+            failed = err
+            end_turn_with_failure(chat_log, agent_id, err)
         result = conversation.async_get_result_from_chat_log(user_input, chat_log)
+    if isinstance(failed, AllBackendsFailed):
+        raise backends_failed_error(failed) from failed
+    if failed is not None:
+        raise failed
     served_by = report.served_by
     return {
         "response": result.response.speech["plain"]["speech"],

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Iterator
+from contextlib import aclosing
 import json
 import logging
 import os
 import re
 import ssl
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 import uuid
 
 import aiohttp
 import httpx
 import ollama
-import pydantic
+
+# Imported here, not at first use: pydantic resolves ValidationError lazily,
+# an import that would block the event loop.
+from pydantic import ValidationError
+from yarl import URL
 
 from .backend import Backend
 from .errors import (
@@ -72,8 +77,9 @@ class OllamaBackend(Backend):
         self._headers = (
             {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         )
+        self._base_url = server_url(config.url)
         self._client = ollama.AsyncClient(
-            host=config.url,
+            host=str(self._base_url),
             # No read timeout: the router enforces first-token and stall deadlines.
             timeout=httpx.Timeout(
                 connect=config.connect_timeout,
@@ -84,8 +90,6 @@ class OllamaBackend(Backend):
             verify=verify,
             headers=self._headers,
         )
-        # ollama 0.5.1 has no close(); its httpx client also knows the parsed URL.
-        self._http: httpx.AsyncClient = self._client._client
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Stream a chat completion from /api/chat."""
@@ -95,13 +99,17 @@ class OllamaBackend(Backend):
         with failures:
             # The client sends the request when the stream is first iterated,
             # so connection errors surface in the loop.
-            async for part in await self._client.chat(**arguments, stream=True):
-                failures.answering = True
-                for event in _events(part.message):
-                    yield event
-                if part.done:
-                    yield _stats(part)
-                    return
+            stream = await self._client.chat(**arguments, stream=True)
+            # Closed here, not by the garbage collector, so that nothing of
+            # the request outlives the answer.
+            async with aclosing(cast(AsyncGenerator[ollama.ChatResponse], stream)):
+                async for part in stream:
+                    failures.answering = True
+                    for event in _events(part.message):
+                        yield event
+                    if part.done:
+                        yield _stats(part)
+                        return
             raise BadResponse("answer ended before its final chunk")
 
     async def probe(self) -> ProbeResult:
@@ -111,7 +119,7 @@ class OllamaBackend(Backend):
         )
         with _Failures(self.config, model_call=False):
             async with self._session.get(
-                str(self._http.base_url.join("api/version")),
+                str(self._base_url / "api" / "version"),
                 headers=self._headers,
                 timeout=timeout,
                 ssl=self._verify,
@@ -159,7 +167,7 @@ class OllamaBackend(Backend):
 
     async def close(self) -> None:
         """Close the ollama client's connections."""
-        await self._http.aclose()
+        await self._client.close()  # type: ignore[no-untyped-call]
 
     async def _metadata[T](self, call: Awaitable[T], *, model_call: bool = False) -> T:
         """Await a cheap request, bounded by the stall timeout."""
@@ -237,7 +245,7 @@ class _Failures:
             if self.answering:
                 return BadResponse("connection lost mid-answer")
             return BackendUnreachable("connection lost")
-        if isinstance(err, json.JSONDecodeError | pydantic.ValidationError):
+        if isinstance(err, json.JSONDecodeError | ValidationError):
             return BadResponse("malformed answer")
         _LOGGER.debug("%s: unexpected failure", self._config.name, exc_info=err)
         return BadResponse(f"request failed: {_short(str(err)) or type(err).__name__}")
@@ -344,6 +352,21 @@ def _stats(done: ollama.ChatResponse) -> ServerStats:
 
 def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
+
+
+OLLAMA_PORT = 11434
+
+
+def server_url(url: str) -> URL:
+    """The server's base URL as the ollama client reads a host.
+
+    Without a scheme it means http on Ollama's port; with one, that scheme's
+    default port.
+    """
+    if "://" in url:
+        return URL(url.rstrip("/"))
+    parsed = URL(f"http://{url}".rstrip("/"))
+    return parsed if parsed.explicit_port else parsed.with_port(OLLAMA_PORT)
 
 
 _SECONDS = re.compile(r"-?\d+")
