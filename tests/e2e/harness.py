@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Self
 import urllib.error
@@ -35,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "llm_router"
 LLM_MODEL = "smollm2"
 """The model name scripts/llm-server serves."""
+HASS_PYTHON = ROOT / ".venv-hass" / "bin" / "python"
+"""The real Home Assistant (requirements_hass.txt; scripts/setup makes it)."""
 
 
 class HarnessError(Exception):
@@ -239,15 +240,15 @@ def start_hass(
 ) -> Server:
     """Run Home Assistant on 127.0.0.1 with a fresh minimal configuration.
 
-    Requirements are never installed at start (--skip-pip): the venv has
-    what this configuration needs (the frontend comes with the test requirements).
+    Requirements are never installed at start (--skip-pip): its venv has
+    what this configuration needs.
     """
     port = port or free_port()
     write_hass_config(config_dir, port)
     return start_server(
         "Home Assistant",
         [
-            sys.executable,
+            HASS_PYTHON,
             "-m",
             "homeassistant",
             "--config",
