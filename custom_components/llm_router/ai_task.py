@@ -80,7 +80,9 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
             )
         except AllBackendsFailed as err:
             raise backends_failed_error(err) from err
-        self.entry.runtime_data.async_record(report)
+        self.entry.runtime_data.async_record(
+            report.served_by, fell_back=report.fell_back
+        )
         content = chat_log.content[-1]
         assert isinstance(content, conversation.AssistantContent)  # the run ends so
         text = content.content or ""

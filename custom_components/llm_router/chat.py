@@ -249,5 +249,5 @@ async def async_answer(
         backend=backend,
         think=think,
     )
-    entry.runtime_data.async_record(report)
+    entry.runtime_data.async_record(report.served_by, fell_back=report.fell_back)
     return report

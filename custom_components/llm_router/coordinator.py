@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr, issue_registry as ir
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
@@ -12,7 +13,6 @@ from homeassistant.util import dt as dt_util
 from .const import DOMAIN, LOGGER
 from .engine.errors import BackendError, ModelNotFound
 from .engine.router import Router
-from .runtime import LLMRouterConfigEntry
 
 UNREACHABLE_ISSUE_AFTER = timedelta(hours=1)
 
@@ -35,12 +35,12 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
     down is probed more often.
     """
 
-    config_entry: LLMRouterConfigEntry
+    config_entry: ConfigEntry
 
     def __init__(
         self,
         hass: HomeAssistant,
-        entry: LLMRouterConfigEntry,
+        entry: ConfigEntry,
         *,
         router: Router,
         backend_name: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from homeassistant.config_entries import ConfigEntry, ConfigSubentry
 from homeassistant.const import CONF_API_KEY, CONF_MODEL, CONF_NAME, CONF_URL
@@ -28,16 +28,13 @@ from .const import (
     DEFAULT_PRIORITY,
     SUBENTRY_BACKEND,
 )
+from .coordinator import BackendHealthCoordinator
 from .engine.backend import Backend
 from .engine.models import BackendConfig, BackendKind
 from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
 from .engine.router import Router
-
-if TYPE_CHECKING:
-    from .chat import ChatReport
-    from .coordinator import BackendHealthCoordinator
 
 
 @dataclass
@@ -69,12 +66,12 @@ class LLMRouterData:
             listener()
 
     @callback
-    def async_record(self, report: ChatReport) -> None:
+    def async_record(self, served_by: str | None, *, fell_back: bool) -> None:
         """Count one answered user request."""
-        if report.served_by is None:
+        if served_by is None:
             return
-        self.last_backend = report.served_by
-        self.fallbacks += report.fell_back
+        self.last_backend = served_by
+        self.fallbacks += fell_back
         self.async_notify()
 
 

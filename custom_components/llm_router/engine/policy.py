@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .router import BackendState
+from .models import BackendConfig
 
 
 class PolicyName(StrEnum):
@@ -16,10 +15,19 @@ class PolicyName(StrEnum):
     ORDERED = "ordered"
 
 
+class Candidate(Protocol):
+    """What a policy needs to know of a backend."""
+
+    @property
+    def config(self) -> BackendConfig:
+        """The backend's configuration."""
+        ...
+
+
 class Policy(Protocol):
     """Orders the backends for one request, first choice first."""
 
-    def order(self, backends: Sequence[BackendState]) -> list[BackendState]:
+    def order[C: Candidate](self, backends: Sequence[C]) -> list[C]:
         """Return the backends in the order to try them."""
         ...
 
@@ -27,7 +35,7 @@ class Policy(Protocol):
 class OrderedPolicy:
     """Try backends by configured priority (lower first), then name."""
 
-    def order(self, backends: Sequence[BackendState]) -> list[BackendState]:
+    def order[C: Candidate](self, backends: Sequence[C]) -> list[C]:
         """Return the backends sorted by priority."""
         return sorted(backends, key=lambda s: (s.config.priority, s.config.name))
 
