@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from homeassistant.const import Platform
+from homeassistant.const import CONF_URL, Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import (
     config_validation as cv,
@@ -13,13 +13,14 @@ from homeassistant.helpers import (
 )
 from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN
-from .coordinator import (
-    BackendHealthCoordinator,
-    model_missing_issue_id,
-    unreachable_issue_id,
-)
+from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN, LOGGER
+from .coordinator import BackendHealthCoordinator
 from .entity import router_device_identifier
+from .issues import (
+    async_delete_backend_issues,
+    async_delete_orphan_issues,
+    invalid_url_issue_id,
+)
 from .runtime import LLMRouterConfigEntry, create_router
 from .services import async_setup_services
 
@@ -66,7 +67,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
         entry.async_create_background_task(
             hass, coordinator.async_refresh(), f"llm_router probe {name}"
         )
-    _async_delete_orphan_issues(hass)
+    _async_report_unusable_backends(hass, entry)
+    async_delete_orphan_issues(hass)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True
@@ -80,7 +82,7 @@ async def async_unload_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -
 async def async_remove_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> None:
     """Remove the router's repair issues with it."""
     for subentry_id in entry.subentries:
-        _async_delete_issues(hass, subentry_id)
+        async_delete_backend_issues(hass, subentry_id)
 
 
 async def _async_reload(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> None:
@@ -88,22 +90,26 @@ async def _async_reload(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> Non
     await hass.config_entries.async_reload(entry.entry_id)
 
 
-def _async_delete_orphan_issues(hass: HomeAssistant) -> None:
-    """Drop repair issues of backends that no router has any more."""
-    known = {
-        issue_id(subentry_id)
-        for entry in hass.config_entries.async_entries(DOMAIN)
-        for subentry_id in entry.subentries
-        for issue_id in (unreachable_issue_id, model_missing_issue_id)
-    }
-    for domain, issue_id in list(ir.async_get(hass).issues):
-        if domain == DOMAIN and issue_id not in known:
+def _async_report_unusable_backends(
+    hass: HomeAssistant, entry: LLMRouterConfigEntry
+) -> None:
+    """Raise a repair issue for each backend left out for its URL; clear the rest."""
+    unusable = entry.runtime_data.unusable
+    for subentry_id, subentry in entry.subentries.items():
+        issue_id = invalid_url_issue_id(subentry_id)
+        if (error := unusable.get(subentry_id)) is None:
             ir.async_delete_issue(hass, DOMAIN, issue_id)
-
-
-def _async_delete_issues(hass: HomeAssistant, subentry_id: str) -> None:
-    for issue_id in (
-        unreachable_issue_id(subentry_id),
-        model_missing_issue_id(subentry_id),
-    ):
-        ir.async_delete_issue(hass, DOMAIN, issue_id)
+            continue
+        LOGGER.error("Backend %s is left out: %s", subentry.title, error)
+        ir.async_create_issue(
+            hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=ir.IssueSeverity.ERROR,
+            translation_key="invalid_url",
+            translation_placeholders={
+                "backend": subentry.title,
+                "url": str(subentry.data[CONF_URL]),
+            },
+        )

@@ -39,7 +39,6 @@ from homeassistant.helpers.selector import (
     TextSelectorType,
 )
 import probatio
-from yarl import URL
 
 from .const import (
     CONF_BACKEND,
@@ -72,6 +71,7 @@ from .engine.errors import AuthFailed, BackendError, ModelNotFound
 from .engine.models import BackendKind
 from .engine.ollama import parse_keep_alive
 from .engine.policy import PolicyName
+from .engine.urls import InvalidURL, normalize_url
 from .runtime import backend_config, backend_subentries, create_backend
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -193,13 +193,23 @@ def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _url_errors(server: dict[str, Any]) -> dict[str, str]:
+    """Normalize the server's URL in place; form errors when it is unusable."""
+    try:
+        server[CONF_URL] = normalize_url(
+            server[CONF_URL], BackendKind(server[CONF_KIND])
+        )
+    except InvalidURL:
+        return {"base": "invalid_url"}
+    return {}
+
+
 async def _async_check_server(
-    hass: HomeAssistant, server: Mapping[str, Any]
+    hass: HomeAssistant, server: dict[str, Any]
 ) -> tuple[dict[str, str], list[str]]:
-    """Test a server's connection; return form errors and its models."""
-    url = URL(server[CONF_URL])
-    if url.scheme not in ("http", "https") or not url.host:
-        return {"base": "invalid_url"}, []
+    """Normalize the URL and test the connection; form errors and models."""
+    if errors := _url_errors(server):
+        return errors, []
     backend = create_backend(hass, backend_config(server))
     try:
         await backend.probe()
@@ -337,7 +347,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
             self._server = {k: v for k, v in user_input.items() if k != CONF_SKIP_CHECK}
             if self._name_taken(self._server[CONF_NAME]):
                 errors = {CONF_NAME: "name_exists"}
-            elif not user_input.get(CONF_SKIP_CHECK):
+            elif user_input.get(CONF_SKIP_CHECK):
+                errors = _url_errors(self._server)
+            else:
                 errors, self._models = await _async_check_server(
                     self.hass, self._server
                 )

@@ -13,18 +13,9 @@ from homeassistant.util import dt as dt_util
 from .const import DOMAIN, LOGGER
 from .engine.errors import BackendError, ModelNotFound
 from .engine.router import Router
+from .issues import model_missing_issue_id, unreachable_issue_id
 
 UNREACHABLE_ISSUE_AFTER = timedelta(hours=1)
-
-
-def unreachable_issue_id(subentry_id: str) -> str:
-    """Repair issue: the backend has been unreachable for long."""
-    return f"unreachable_{subentry_id}"
-
-
-def model_missing_issue_id(subentry_id: str) -> str:
-    """Repair issue: the server lacks the configured model."""
-    return f"model_missing_{subentry_id}"
 
 
 class BackendHealthCoordinator(DataUpdateCoordinator[bool]):

@@ -35,6 +35,7 @@ from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
 from .engine.router import Router
+from .engine.urls import InvalidURL, normalize_url
 
 
 @dataclass
@@ -48,6 +49,8 @@ class LLMRouterData:
     """The router's device, which the backends' devices are linked to."""
     coordinators: dict[str, BackendHealthCoordinator] = field(default_factory=dict)
     """Backend name -> its health coordinator."""
+    unusable: dict[str, InvalidURL] = field(default_factory=dict)
+    """Subentry id -> why that backend is left out of the router."""
     fallbacks: int = 0
     """User turns answered by other than the first choice."""
     last_backend: str | None = None
@@ -79,13 +82,16 @@ type LLMRouterConfigEntry = ConfigEntry[LLMRouterData]
 
 
 def backend_config(data: Mapping[str, Any]) -> BackendConfig:
-    """The engine's view of a backend subentry's data."""
+    """The engine's view of a backend subentry's data.
+
+    Raises InvalidURL for a URL no server can be reached at.
+    """
     kind = BackendKind(data[CONF_KIND])
     is_ollama = kind is BackendKind.OLLAMA
     return BackendConfig(
         name=data[CONF_NAME],
         kind=kind,
-        url=data[CONF_URL],
+        url=normalize_url(data[CONF_URL], kind),
         model=data.get(CONF_MODEL, ""),
         api_key=data.get(CONF_API_KEY) or None,
         priority=int(data.get(CONF_PRIORITY, DEFAULT_PRIORITY)),
@@ -126,16 +132,30 @@ def backend_subentries(entry: ConfigEntry) -> list[ConfigSubentry]:
 def create_router(
     hass: HomeAssistant, entry: ConfigEntry, router_device_id: str
 ) -> LLMRouterData:
-    """Build the router for a config entry from its subentries and options."""
-    subentries = backend_subentries(entry)
-    backends = [create_backend(hass, backend_config(s.data)) for s in subentries]
+    """Build the router for a config entry from its subentries and options.
+
+    A backend whose stored URL is unusable is left out; the others work.
+    """
+    configs: dict[str, BackendConfig] = {}
+    unusable: dict[str, InvalidURL] = {}
+    for subentry in backend_subentries(entry):
+        try:
+            configs[subentry.subentry_id] = backend_config(subentry.data)
+        except InvalidURL as err:
+            unusable[subentry.subentry_id] = err
     policy = create_policy(
         PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
     )
     data = LLMRouterData(
-        router=Router(backends, policy=policy),
-        backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},
+        router=Router(
+            [create_backend(hass, config) for config in configs.values()],
+            policy=policy,
+        ),
+        backend_subentries={
+            config.name: subentry_id for subentry_id, config in configs.items()
+        },
         router_device_id=router_device_id,
+        unusable=unusable,
     )
     data.router.add_listener(data.async_notify)
     return data

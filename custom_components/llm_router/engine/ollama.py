@@ -54,6 +54,7 @@ from .models import (
     ToolCallDelta,
     ToolSpec,
 )
+from .urls import OLLAMA_PORT
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -352,9 +353,6 @@ def _stats(done: ollama.ChatResponse) -> ServerStats:
 
 def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
-
-
-OLLAMA_PORT = 11434
 
 
 def server_url(url: str) -> URL:
