@@ -122,12 +122,7 @@ async def test_every_backend_down_gives_one_clear_sentence(hass: HomeAssistant) 
     )
     result = await ask(hass, "Hello")
     assert result.response.response_type is intent.IntentResponseType.ERROR
-    text = speech(result)
-    assert text.startswith("None of the language model servers answered: GPU server (")
-    assert "Pi (" in text
-    assert text.endswith(").")
-    # Later turns answer at once, from the open breakers.
-    assert "skipped" in speech(await ask(hass, "Hello"))
+    assert speech(result) == "Sorry, none of the language model servers answered."
 
 
 async def test_router_without_backends(hass: HomeAssistant) -> None:

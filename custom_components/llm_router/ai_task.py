@@ -76,6 +76,7 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
                 chat_log,
                 self.entity_id,
                 self.entry.options,
+                language=self.hass.config.language,
                 response_schema=schema,
             )
         except AllBackendsFailed as err:

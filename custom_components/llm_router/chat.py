@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 import json
 from typing import Any
 
 from homeassistant.components import conversation
 from homeassistant.const import CONF_LLM_HASS_API
+from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import llm
-from homeassistant.helpers.translation import async_get_exception_message
+from homeassistant.helpers.translation import async_get_translations
 import probatio
 
 from .const import CONF_MAX_HISTORY, CONF_PROMPT, DOMAIN, LOGGER, MAX_TOOL_ITERATIONS
@@ -26,6 +28,22 @@ from .engine.models import (
 )
 from .engine.router import AllBackendsFailed, Attempt, Interrupted, Router, Turn
 from .runtime import LLMRouterConfigEntry
+
+
+@dataclass(frozen=True, slots=True)
+class FailureNote:
+    """Marks a chat log answer that holds a failure sentence of ours.
+
+    The sentence was said to the user; the model is never shown it as its
+    own words (see _message).
+    """
+
+    sentence: str
+
+
+# What the model sees in place of an answer that was only a failure sentence;
+# a message is kept so that user and assistant turns still alternate.
+UNANSWERED = "(no answer)"
 
 
 @dataclass
@@ -74,9 +92,13 @@ def _message(content: conversation.Content) -> ChatMessage:
         case conversation.SystemContent() | conversation.UserContent():
             return ChatMessage(content.role, content.content)
         case conversation.AssistantContent():
+            text = content.content or ""
+            if isinstance(content.native, FailureNote):
+                text = text.replace(content.native.sentence, "").strip()
+                text = text or ("" if content.tool_calls else UNANSWERED)
             return ChatMessage(
                 "assistant",
-                content.content or "",
+                text,
                 tool_calls=tuple(
                     ToolCall(call.id, call.tool_name, call.tool_args)
                     for call in content.tool_calls or ()
@@ -103,11 +125,16 @@ def trim_history(messages: list[ChatMessage], max_history: int) -> list[ChatMess
     return system + messages[start:]
 
 
-def stopped_sentence(backend: str) -> str:
-    """Said when a backend stops in the middle of its answer."""
-    return async_get_exception_message(
-        DOMAIN, "stopped_answering", {"backend": backend}
-    )
+async def async_sentence(
+    hass: HomeAssistant, language: str, error: HomeAssistantError
+) -> str:
+    """A translated error as a sentence to say, in the user's language."""
+    translations = await async_get_translations(hass, language, "exceptions", {DOMAIN})
+    key = f"component.{DOMAIN}.exceptions.{error.translation_key}.message"
+    sentence = translations.get(key, str(error))
+    with suppress(KeyError):
+        sentence = sentence.format(**(error.translation_placeholders or {}))
+    return sentence
 
 
 def failure_reasons(error: AllBackendsFailed) -> str:
@@ -116,7 +143,10 @@ def failure_reasons(error: AllBackendsFailed) -> str:
 
 
 def backends_failed_error(error: AllBackendsFailed) -> HomeAssistantError:
-    """The error an action or task raises when no backend answered."""
+    """The error an action or task raises when no backend answered.
+
+    It names the technical reasons; what is spoken does not.
+    """
     return HomeAssistantError(
         translation_domain=DOMAIN,
         translation_key="all_backends_failed",
@@ -124,31 +154,41 @@ def backends_failed_error(error: AllBackendsFailed) -> HomeAssistantError:
     )
 
 
-def failure_sentence(error: AllBackendsFailed) -> str:
-    """One sentence naming every backend and why it did not answer."""
-    # Translated messages lose their final period; a sentence needs it.
-    reasons = failure_reasons(error)
-    if not reasons:
-        return async_get_exception_message(DOMAIN, "no_backends") + "."
-    return (
-        async_get_exception_message(DOMAIN, "all_backends_failed", {"reasons": reasons})
-        + "."
-    )
-
-
-def end_turn_with_failure(
-    chat_log: conversation.ChatLog, agent_id: str, error: AllBackendsFailed
+async def async_end_turn_with_failure(
+    chat_log: conversation.ChatLog,
+    agent_id: str,
+    language: str,
+    error: AllBackendsFailed,
 ) -> str:
-    """End the turn with the one sentence that says no backend answered."""
+    """End the turn with one short sentence that says no backend answered."""
     LOGGER.warning("No backend answered: %s", error)
-    sentence = failure_sentence(error)
+    spoken = (
+        HomeAssistantError(translation_domain=DOMAIN, translation_key="no_answer")
+        if error.attempts
+        else HomeAssistantError(
+            translation_domain=DOMAIN, translation_key="no_backends"
+        )
+    )
+    return await async_end_turn_with_note(chat_log, agent_id, language, spoken)
+
+
+async def async_end_turn_with_note(
+    chat_log: conversation.ChatLog,
+    agent_id: str,
+    language: str,
+    error: HomeAssistantError,
+) -> str:
+    """End the turn with an error's sentence, kept from the model later."""
+    sentence = await async_sentence(chat_log.hass, language, error)
     chat_log.async_add_assistant_content_without_tools(
-        conversation.AssistantContent(agent_id, sentence)
+        conversation.AssistantContent(agent_id, sentence, native=FailureNote(sentence))
     )
     return sentence
 
 
-async def _deltas(turn: Turn) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
+async def _deltas(
+    hass: HomeAssistant, language: str, turn: Turn
+) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
     """The router's events as ChatLog deltas: one assistant message."""
     yield {"role": "assistant"}
     async for event in turn:
@@ -172,7 +212,16 @@ async def _deltas(turn: Turn) -> AsyncIterator[conversation.AssistantContentDelt
                 LOGGER.warning(
                     "Backend %s stopped mid-answer: %s", event.backend, event.error
                 )
-                yield {"content": " " + stopped_sentence(event.backend)}
+                sentence = await async_sentence(
+                    hass,
+                    language,
+                    HomeAssistantError(
+                        translation_domain=DOMAIN,
+                        translation_key="stopped_answering",
+                        translation_placeholders={"backend": event.backend},
+                    ),
+                )
+                yield {"content": f" {sentence}", "native": FailureNote(sentence)}
 
 
 async def async_run_chat_log(
@@ -181,13 +230,15 @@ async def async_run_chat_log(
     agent_id: str,
     options: Mapping[str, Any],
     *,
+    language: str,
     backend: str | None = None,
     think: bool | None = None,
     response_schema: Mapping[str, Any] | None = None,
 ) -> ChatReport:
     """Answer the chat log, running tool calls, until the model is done.
 
-    Raises AllBackendsFailed when no backend answered a model call.
+    Sentences of ours (a backend stopped, too many tool calls) are in
+    language. Raises AllBackendsFailed when no backend answered a model call.
     """
     api = chat_log.llm_api
     tools = tuple(_tool_spec(tool, api) for tool in api.tools) if api else ()
@@ -204,7 +255,7 @@ async def async_run_chat_log(
         turn = router.route(request, backend=backend)
         report.turns.append(turn)
         async for _content in chat_log.async_add_delta_content_stream(
-            agent_id, _deltas(turn)
+            agent_id, _deltas(chat_log.hass, language, turn)
         ):
             pass
         if not chat_log.unresponded_tool_results:
@@ -212,10 +263,13 @@ async def async_run_chat_log(
     LOGGER.warning(
         "The model kept calling tools; stopped after %s calls", MAX_TOOL_ITERATIONS
     )
-    chat_log.async_add_assistant_content_without_tools(
-        conversation.AssistantContent(
-            agent_id, async_get_exception_message(DOMAIN, "tool_loop_limit") + "."
-        )
+    await async_end_turn_with_note(
+        chat_log,
+        agent_id,
+        language,
+        HomeAssistantError(
+            translation_domain=DOMAIN, translation_key="tool_loop_limit"
+        ),
     )
     return report
 
@@ -246,6 +300,7 @@ async def async_answer(
         chat_log,
         agent_id,
         options,
+        language=user_input.language,
         backend=backend,
         think=think,
     )

@@ -10,7 +10,7 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers import intent
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .chat import async_answer, end_turn_with_failure
+from .chat import async_answer, async_end_turn_with_failure
 from .engine.router import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
@@ -58,7 +58,9 @@ class LLMRouterConversationEntity(LLMRouterEntity, conversation.ConversationEnti
         except conversation.ConverseError as err:
             return err.as_conversation_result()
         except AllBackendsFailed as err:
-            sentence = end_turn_with_failure(chat_log, self.entity_id, err)
+            sentence = await async_end_turn_with_failure(
+                chat_log, self.entity_id, user_input.language, err
+            )
             response = intent.IntentResponse(language=user_input.language)
             response.async_set_error(intent.IntentResponseErrorCode.UNKNOWN, sentence)
             return conversation.ConversationResult(

@@ -23,7 +23,12 @@ from homeassistant.helpers import (
 )
 import probatio
 
-from .chat import async_answer, backends_failed_error, end_turn_with_failure
+from .chat import (
+    FailureNote,
+    async_answer,
+    async_end_turn_with_failure,
+    backends_failed_error,
+)
 from .const import DOMAIN
 from .engine.models import ChatMessage, ChatRequest
 from .engine.router import AllBackendsFailed, Router
@@ -171,11 +176,15 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         except conversation.ConverseError as err:
             failed = err
             chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(agent_id, str(err))
+                conversation.AssistantContent(
+                    agent_id, str(err), native=FailureNote(str(err))
+                )
             )
         except AllBackendsFailed as err:
             failed = err
-            end_turn_with_failure(chat_log, agent_id, err)
+            await async_end_turn_with_failure(
+                chat_log, agent_id, user_input.language, err
+            )
         result = conversation.async_get_result_from_chat_log(user_input, chat_log)
     if isinstance(failed, AllBackendsFailed):
         raise backends_failed_error(failed) from failed
