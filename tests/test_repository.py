@@ -1242,6 +1242,10 @@ async def test_morning_briefing_example_speaks_the_structured_answer(
     assert speech.data["entity_id"] == ["tts.piper"]
     (notification,) = notified
     assert notification.data["message"] == "Good morning!\n• Bins out\n• Dentist"
+    # Its 07:00 trigger would outlive the test.
+    await hass.services.async_call(
+        "automation", "turn_off", {"entity_id": automation}, blocking=True
+    )
 
 
 async def test_gpu_offline_example_notifies_outages_not_blips(
