@@ -20,11 +20,11 @@ import pytest
 from tests.e2e.harness import (
     LLM_MODEL,
     BackendSpec,
+    HarnessError,
     HassClient,
     Router,
     Server,
     add_backend,
-    HarnessError,
     ask_action,
     chat_log,
     converse,
