@@ -15,6 +15,7 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN, LOGGER
 from .coordinator import BackendHealthCoordinator
+from .engine.urls import without_credentials
 from .entity import router_device_identifier
 from .issues import (
     async_delete_backend_issues,
@@ -110,6 +111,6 @@ def _async_report_unusable_backends(
             translation_key="invalid_url",
             translation_placeholders={
                 "backend": subentry.title,
-                "url": str(subentry.data[CONF_URL]),
+                "url": without_credentials(str(subentry.data[CONF_URL])),
             },
         )

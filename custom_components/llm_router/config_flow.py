@@ -103,9 +103,10 @@ def _server_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
         probatio.Required(
             CONF_URL, default=defaults.get(CONF_URL, probatio.UNDEFINED)
         ): (TextSelector(TextSelectorConfig(type=TextSelectorType.URL))),
-        probatio.Optional(
-            CONF_API_KEY, description={"suggested_value": defaults.get(CONF_API_KEY)}
-        ): TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD)),
+        # Never sent back to the browser; reconfiguring keeps it when left empty.
+        probatio.Optional(CONF_API_KEY): TextSelector(
+            TextSelectorConfig(type=TextSelectorType.PASSWORD)
+        ),
     }
 
 
@@ -345,6 +346,9 @@ class BackendSubentryFlow(ConfigSubentryFlow):
         errors: dict[str, str] = {}
         if user_input is not None:
             self._server = {k: v for k, v in user_input.items() if k != CONF_SKIP_CHECK}
+            stored_key = self._defaults().get(CONF_API_KEY)
+            if stored_key and not self._server.get(CONF_API_KEY):
+                self._server[CONF_API_KEY] = stored_key
             if self._name_taken(self._server[CONF_NAME]):
                 errors = {CONF_NAME: "name_exists"}
             elif user_input.get(CONF_SKIP_CHECK):

@@ -13,6 +13,7 @@ from homeassistant.util import dt as dt_util
 from .const import DOMAIN, LOGGER
 from .engine.errors import BackendError, ModelNotFound
 from .engine.router import Router
+from .engine.urls import without_credentials
 from .issues import model_missing_issue_id, unreachable_issue_id
 
 UNREACHABLE_ISSUE_AFTER = timedelta(hours=1)
@@ -72,7 +73,7 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
                     unreachable_issue_id(self.subentry_id),
                     "backend_unreachable",
                     ir.IssueSeverity.WARNING,
-                    url=state.config.url,
+                    url=without_credentials(state.config.url),
                 )
         return online
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
-from homeassistant.const import CONF_API_KEY
+from homeassistant.const import CONF_API_KEY, CONF_URL
 from homeassistant.core import HomeAssistant
 
 from .engine.router import BackendState
+from .engine.urls import without_credentials
 from .runtime import LLMRouterConfigEntry
 
 TO_REDACT = {CONF_API_KEY}
+
+
+def _config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A backend's configuration without its key or the URL's credentials."""
+    config = async_redact_data(dict(data), TO_REDACT)
+    config[CONF_URL] = without_credentials(str(config[CONF_URL]))
+    return config
 
 
 def _backend(state: BackendState) -> dict[str, Any]:
@@ -47,9 +56,7 @@ async def async_get_config_entry_diagnostics(
         "options": dict(entry.options),
         "backends": {
             name: {
-                "config": async_redact_data(
-                    dict(entry.subentries[subentry_id].data), TO_REDACT
-                ),
+                "config": _config(entry.subentries[subentry_id].data),
                 "health": _backend(data.router.states[name]),
             }
             for name, subentry_id in data.backend_subentries.items()

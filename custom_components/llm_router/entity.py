@@ -11,6 +11,7 @@ from .const import DOMAIN
 from .coordinator import BackendHealthCoordinator
 from .engine.models import BackendKind
 from .engine.router import BackendState
+from .engine.urls import without_credentials
 from .runtime import LLMRouterConfigEntry
 
 MANUFACTURERS = {
@@ -80,7 +81,7 @@ class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator]):
             manufacturer=MANUFACTURERS[config.kind],
             model=config.model,
             sw_version=self.backend.version,
-            configuration_url=config.url,
+            configuration_url=without_credentials(config.url),
             via_device_id=entry.runtime_data.router_device_id,
         )
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from custom_components.llm_router.engine.models import BackendKind
-from custom_components.llm_router.engine.urls import InvalidURL, normalize_url
+from custom_components.llm_router.engine.urls import (
+    InvalidURL,
+    normalize_url,
+    without_credentials,
+)
 
 OLLAMA = BackendKind.OLLAMA
 OPENAI = BackendKind.OPENAI
@@ -50,3 +54,16 @@ def test_normalized(url: str, kind: BackendKind, normalized: str) -> None:
 def test_refused(url: str, kind: BackendKind) -> None:
     with pytest.raises(InvalidURL):
         normalize_url(url, kind)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://ada:hunter2@gpu:8000/v1", "http://gpu:8000/v1"),
+        ("http://ada@gpu:99999", "http://gpu:99999"),
+        ("http://gpu:8000/a@b", "http://gpu:8000/a@b"),
+        ("pi.local:11434", "pi.local:11434"),
+    ],
+)
+def test_without_credentials(url: str, shown: str) -> None:
+    assert without_credentials(url) == shown

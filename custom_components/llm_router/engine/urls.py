@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from yarl import URL
 
 from .models import BackendKind
@@ -38,3 +40,14 @@ def normalize_url(url: str, kind: BackendKind) -> str:
     if parsed.query_string or parsed.fragment:
         raise InvalidURL("the URL has a query or fragment")
     return str(parsed).rstrip("/")
+
+
+_CREDENTIALS = re.compile(r"(?<=//)[^/@]*@")
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user name and password, to show, log or report.
+
+    Works on text, so also on a URL that does not parse.
+    """
+    return _CREDENTIALS.sub("", url, count=1)
