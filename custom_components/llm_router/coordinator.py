@@ -91,10 +91,12 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         )
 
     async def _check_model(self) -> None:
+        """Check that the model is there, and learn its capabilities anew."""
         state = self.router.states[self.backend_name]
         issue_id = model_missing_issue_id(self.subentry_id)
         try:
             await state.backend.check_model()
+            details = await state.backend.model_details()
         except ModelNotFound:
             self._raise_issue(
                 issue_id,
@@ -106,6 +108,7 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
             return  # cannot tell now; the next probe asks again
         else:
             ir.async_delete_issue(self.hass, DOMAIN, issue_id)
+            state.relearn(details)
 
     def _update_sw_version(self, version: str | None) -> None:
         """Show the server's version on the backend's device."""

@@ -113,6 +113,15 @@ class BackendState:
         """The backend's name."""
         return self.backend.config.name
 
+    def relearn(self, details: ModelDetails) -> None:
+        """Replace what is known of the model, refusals included.
+
+        A server may get a new model under the same name (ollama pull) or
+        new settings (llama.cpp with --jinja) without going down.
+        """
+        self.details = details
+        self.unsupported.clear()
+
     def supports(self, capability: Capability) -> bool:
         """Whether the model is known (or assumed) to support a capability."""
         if capability in self.unsupported:
