@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from homeassistant.components import conversation
+from homeassistant.config_entries import SOURCE_REAUTH
 from homeassistant.core import Context, HomeAssistant
-from homeassistant.helpers import llm
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import issue_registry as ir, llm
 import pytest
 
 from tests.conftest import backend, probe_backends, router_entry, setup_router
@@ -61,3 +65,91 @@ async def test_server_restarted_with_tools_gets_tools_after_a_probe(
         await probe_backends(hass, entry)
         await ask(hass, "Turn on the lamp")
     assert "tools" in gpu.chat_bodies[-1]
+
+
+def reauth_flows(hass: HomeAssistant) -> list[Any]:
+    return [
+        flow
+        for flow in hass.config_entries.flow.async_progress_by_handler("llm_router")
+        if flow["context"]["source"] == SOURCE_REAUTH
+    ]
+
+
+async def test_rejected_key_holds_the_backend_out_and_asks_for_a_new_one(
+    hass: HomeAssistant,
+    ollama: FakeOllama,
+    issue_registry: ir.IssueRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # llama.cpp answers /health and /v1/models without a key: only chat tells.
+    async with FakeOpenAI(llama_cpp=True, api_key="right") as gpu:
+        entry = await setup_router(
+            hass,
+            router_entry(
+                backend(
+                    "GPU server", "openai", gpu.url, "fake-model", 1, api_key="old"
+                ),
+                backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+            ),
+        )
+        await probe_backends(hass, entry)
+        await ask(hass, "Hello")
+        assert len(gpu.chat_bodies) == 1
+        for _ in range(3):
+            await probe_backends(hass, entry)
+            assert hass.states.is_state("binary_sensor.gpu_server_online", "off")
+        await ask(hass, "Hello again")
+        assert len(gpu.chat_bodies) == 1  # held out, not tried again
+        assert caplog.text.count("Backend GPU server is unavailable") == 1
+        assert "Backend GPU server is answering again" not in caplog.text
+
+        (flow,) = reauth_flows(hass)
+        form = await hass.config_entries.flow.async_configure(flow["flow_id"])
+        assert form["step_id"] == "reauth_confirm"
+        assert form["description_placeholders"]["backend"] == "GPU server"
+        assert form["description_placeholders"]["url"] == gpu.url
+        assert issue_registry.async_get_issue(
+            "homeassistant", f"config_entry_reauth_llm_router_{entry.entry_id}"
+        )
+
+        result = await hass.config_entries.flow.async_configure(
+            flow["flow_id"], {"api_key": "right"}
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == "reauth_successful"
+        await hass.async_block_till_done()
+        assert entry.subentries["gpu_server"].data["api_key"] == "right"
+        await probe_backends(hass, entry)
+        assert hass.states.is_state("binary_sensor.gpu_server_online", "on")
+        await ask(hass, "Hello at last")
+        assert len(gpu.chat_bodies) == 2
+    assert not issue_registry.async_get_issue(
+        "homeassistant", f"config_entry_reauth_llm_router_{entry.entry_id}"
+    )
+
+
+async def test_reauth_tests_the_new_key(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    # A vLLM-like server: /v1/models needs the key, so the probe tells.
+    async with FakeOpenAI(api_key="right") as gpu:
+        entry = await setup_router(
+            hass,
+            router_entry(
+                backend("GPU server", "openai", gpu.url, "fake-model", 1, api_key="old")
+            ),
+        )
+        await probe_backends(hass, entry)
+        assert hass.states.is_state("binary_sensor.gpu_server_online", "off")
+        (flow,) = reauth_flows(hass)
+        result = await hass.config_entries.flow.async_configure(
+            flow["flow_id"], {"api_key": "still-wrong"}
+        )
+        assert result["errors"] == {"base": "invalid_auth"}
+        result = await hass.config_entries.flow.async_configure(
+            flow["flow_id"], {"api_key": "right"}
+        )
+        assert result["reason"] == "reauth_successful"
+        await hass.async_block_till_done()
+        await probe_backends(hass, entry)
+    assert entry.runtime_data.router.states["GPU server"].online is True

@@ -65,13 +65,14 @@ from .const import (
     DEFAULT_PROBE_INTERVAL,
     DEFAULT_ROUTER_NAME,
     DOMAIN,
+    REAUTH_SUBENTRY_ID,
     SUBENTRY_BACKEND,
 )
 from .engine.errors import AuthFailed, BackendError, ModelNotFound
 from .engine.models import BackendKind
 from .engine.ollama import parse_keep_alive
 from .engine.policy import PolicyName
-from .engine.urls import InvalidURL, normalize_url
+from .engine.urls import InvalidURL, normalize_url, without_credentials
 from .runtime import backend_config, backend_subentries, create_backend
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -81,6 +82,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_POLICY: PolicyName.ORDERED,
     CONF_PROBE_INTERVAL: DEFAULT_PROBE_INTERVAL,
 }
+
+
+def _api_key_field() -> TextSelector:
+    return TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
 
 
 def _server_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
@@ -104,9 +109,7 @@ def _server_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
             CONF_URL, default=defaults.get(CONF_URL, probatio.UNDEFINED)
         ): (TextSelector(TextSelectorConfig(type=TextSelectorType.URL))),
         # Never sent back to the browser; reconfiguring keeps it when left empty.
-        probatio.Optional(CONF_API_KEY): TextSelector(
-            TextSelectorConfig(type=TextSelectorType.PASSWORD)
-        ),
+        probatio.Optional(CONF_API_KEY): _api_key_field(),
     }
 
 
@@ -259,6 +262,7 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         self._router_name = DEFAULT_ROUTER_NAME
         self._server: dict[str, Any] = {}
         self._models: list[str] = []
+        self._reauth_subentry_id = ""
 
     @staticmethod
     @callback
@@ -322,6 +326,44 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
             step_id="model",
             data_schema=_model_schema(kind, self._models, user_input or {}),
             errors=errors,
+        )
+
+    async def async_step_reauth(
+        self, entry_data: Mapping[str, Any]
+    ) -> ConfigFlowResult:
+        """A backend's server rejected its API key."""
+        self._reauth_subentry_id = entry_data[REAUTH_SUBENTRY_ID]
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Ask for the backend's new API key; test it, save it, reload."""
+        # Removing a backend reloads the router, which ends this flow.
+        entry = self._get_reauth_entry()
+        subentry = entry.subentries[self._reauth_subentry_id]
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data = {**subentry.data, CONF_API_KEY: user_input[CONF_API_KEY]}
+            errors, _models = await _async_check_server(self.hass, data)
+            if not errors:
+                errors = await _async_check_model(self.hass, data)
+            if not errors:
+                # The router reloads on the change, with the new key.
+                self.hass.config_entries.async_update_subentry(
+                    entry, subentry, data=data
+                )
+                return self.async_abort(reason="reauth_successful")
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=probatio.Schema(
+                {probatio.Required(CONF_API_KEY): _api_key_field()}
+            ),
+            errors=errors,
+            description_placeholders={
+                "backend": subentry.title,
+                "url": without_credentials(str(subentry.data[CONF_URL])),
+            },
         )
 
 

@@ -22,6 +22,9 @@ CONF_NUM_CTX: Final = "num_ctx"
 CONF_SKIP_CHECK: Final = "skip_check"
 CONF_BACKEND: Final = "backend"
 
+# Which backend a reauthentication flow asks a new API key for.
+REAUTH_SUBENTRY_ID: Final = "subentry_id"
+
 # Router options.
 CONF_PROMPT: Final = "prompt"
 CONF_MAX_HISTORY: Final = "max_history"

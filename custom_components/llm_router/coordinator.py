@@ -10,8 +10,8 @@ from homeassistant.helpers import device_registry as dr, issue_registry as ir
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util
 
-from .const import DOMAIN, LOGGER
-from .engine.errors import BackendError, ModelNotFound
+from .const import DOMAIN, LOGGER, REAUTH_SUBENTRY_ID
+from .engine.errors import AuthFailed, BackendError, ModelNotFound
 from .engine.router import Router
 from .engine.urls import without_credentials
 from .issues import model_missing_issue_id, unreachable_issue_id
@@ -66,7 +66,7 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
             )
             self._update_sw_version(state.version)
             await self._check_model()
-        else:
+        elif state.auth_error is None:
             self.down_since = self.down_since or dt_util.utcnow()
             if dt_util.utcnow() - self.down_since > UNREACHABLE_ISSUE_AFTER:
                 self._raise_issue(
@@ -75,6 +75,11 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
                     ir.IssueSeverity.WARNING,
                     url=without_credentials(state.config.url),
                 )
+        if state.auth_error is not None:
+            # Home Assistant raises the repair issue that leads to the flow.
+            self.config_entry.async_start_reauth(
+                self.hass, data={REAUTH_SUBENTRY_ID: self.subentry_id}
+            )
         return online
 
     def _raise_issue(
@@ -104,6 +109,8 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
                 ir.IssueSeverity.ERROR,
                 model=state.config.model,
             )
+        except AuthFailed as err:
+            self.router.record_auth_failure(self.backend_name, err)
         except BackendError:
             return  # cannot tell now; the next probe asks again
         else:

@@ -15,7 +15,7 @@ class BreakerState(StrEnum):
 
 
 class CircuitBreaker:
-    """Opens at once on a refused connection, after a run of other failures.
+    """Opens at once when unreachable or the key is rejected, else after a run.
 
     While open, the router probes the backend after each cooldown. A probe
     only shows the server is up, not that it can answer: after one, the
@@ -46,8 +46,9 @@ class CircuitBreaker:
     def record_failure(self, error: BackendError) -> None:
         """A request or probe failed; open when that says the server is gone."""
         self.consecutive_failures += 1
+        # A rejected key does not fix itself either.
         if (
-            error.kind is ErrorKind.UNREACHABLE
+            error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED)
             or self.consecutive_failures >= self.failure_threshold
         ):
             self.state = BreakerState.OPEN

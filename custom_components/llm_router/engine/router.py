@@ -11,6 +11,7 @@ import logging
 from .backend import Backend
 from .breaker import CircuitBreaker
 from .errors import (
+    AuthFailed,
     BackendError,
     BackendTimeout,
     BadResponse,
@@ -101,6 +102,8 @@ class BackendState:
     details: ModelDetails | None = None
     unsupported: set[Capability] = field(default_factory=set)
     waiting: int = 0
+    auth_error: AuthFailed | None = None
+    """The server rejected the API key: only a new key (a new router) helps."""
     recent_attempts: deque[Attempt] = field(default_factory=lambda: deque(maxlen=10))
 
     @property
@@ -204,11 +207,13 @@ class Router:
         state.online = error is None
 
     def _record_probe_success(self, state: BackendState, result: ProbeResult) -> None:
-        self._set_online(state, None)
         state.version = result.version
         state.loaded_models = result.loaded_models
-        state.breaker.record_probe_success()
-        self._cancel_cooldown(state)
+        # A server that answers probes without a key says nothing of the key.
+        if state.auth_error is None:
+            self._set_online(state, None)
+            state.breaker.record_probe_success()
+            self._cancel_cooldown(state)
         self._changed()
 
     def _record_probe_failure(self, state: BackendState, error: BackendError) -> None:
@@ -218,8 +223,14 @@ class Router:
         self._breaker_failure(state, error)
         self._changed()
 
+    def record_auth_failure(self, name: str, error: AuthFailed) -> None:
+        """Note a key the server rejected on a call of the caller's own."""
+        self._record_probe_failure(self.states[name], error)
+
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
+        if isinstance(error, AuthFailed):
+            state.auth_error = error
         state.breaker.record_failure(error)
         if state.breaker.allows():
             return
