@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     integration_states,
     last_attempts,
     onboard,
+    prefer_in_assist,
     start_hass,
     start_llm_server,
     state_value,
@@ -91,6 +92,9 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
             ),
         )
 
+    with step(f"Making {ROUTER_NAME!r} the preferred assistant of Assist"):
+        prefer_in_assist(hass, router)
+
     for question in QUESTIONS:
         with step(f"Asking {router.agent_id}"):
             ask(hass, router, question)
@@ -109,7 +113,9 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     if keep:
         print(
             f"\nHome Assistant: {hass_server.url} (user {user.username!r}, "
-            f"password {user.password!r})\n"
+            f"password {user.password!r}): Assist (the speech bubble at the top) "
+            f"answers with {ROUTER_NAME!r}; its backends are under Settings > "
+            f"Devices & services > {ROUTER_NAME}.\n"
             f"Logs: {hass_server.log}, {llm.log}\n"
             f"Stop both: kill -- -{hass_server.process.pid} -{llm.process.pid}"
         )
