@@ -28,7 +28,7 @@ import urllib.request
 import aiohttp
 from homeassistant.util import slugify
 
-from tests.fakes.base import free_port
+from tests.fakes.base import closed_port_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "llm_router"
@@ -482,6 +482,23 @@ class Router:
     def fallbacks_id(self) -> str:
         """The sensor counting turns not served by the first choice."""
         return f"sensor.{self.slug}_fallbacks"
+
+
+def pi_backend(llm: Server) -> BackendSpec:
+    """The demo's Pi: the LLM server, second choice."""
+    return BackendSpec("Pi", "openai", llm.url, LLM_MODEL, priority=2)
+
+
+def gpu_backend_down() -> BackendSpec:
+    """The demo's GPU server: first choice, switched off (nothing listens)."""
+    return BackendSpec(
+        "GPU server",
+        "openai",
+        closed_port_url(),
+        "qwen3-8b",
+        priority=1,
+        skip_check=True,
+    )
 
 
 FLOW = "/api/config/config_entries/flow"
