@@ -187,6 +187,12 @@ def start_llm_server(
     )
 
 
+def chat_completions_served(server: Server) -> int:
+    """Chat completions the LLM server has answered so far (its access log)."""
+    log = server.log.read_text(errors="replace")
+    return log.count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
 # Home Assistant
 
 _CONFIGURATION = """\
