@@ -277,6 +277,10 @@ def page(hass: HassClient, chromedriver: Server, e2e_dir: Path) -> Iterator[Page
             )
             page.find("input[name=password]")[0].send_keys(user.password, Keys.ENTER)
             page.wait_for_text(f"Welcome {user.name}", "Settings")
+            page.wait_for(
+                "the launch screen to fade out",
+                lambda: not page.find("#ha-launch-screen"),
+            )
         yield page
     finally:
         driver.quit()
