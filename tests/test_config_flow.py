@@ -73,6 +73,7 @@ async def test_create_router_with_first_backend(
         **MODEL_STEP,
         "connect_timeout": 3,
         "first_token_timeout": 30,
+        "always_on": True,
     }
     assert entry.state is ConfigEntryState.LOADED
 

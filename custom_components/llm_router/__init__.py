@@ -13,8 +13,15 @@ from homeassistant.helpers import (
 )
 from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL, DOMAIN, LOGGER
+from .const import (
+    CONF_ALWAYS_ON,
+    CONF_PROBE_INTERVAL,
+    DEFAULT_PROBE_INTERVAL,
+    DOMAIN,
+    LOGGER,
+)
 from .coordinator import BackendHealthCoordinator
+from .downtime import DATA_DOWNTIME, Downtime
 from .engine.urls import without_credentials
 from .entity import router_device_identifier
 from .issues import (
@@ -35,8 +42,9 @@ CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Register the actions, once for all routers."""
+    """Register the actions and load the backends' downtime, once for all."""
     async_setup_services(hass)
+    hass.data[DATA_DOWNTIME] = await Downtime.async_load(hass)
     return True
 
 
@@ -61,6 +69,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
             backend_name=name,
             subentry_id=subentry_id,
             interval=interval,
+            downtime=hass.data[DATA_DOWNTIME],
+            always_on=entry.subentries[subentry_id].data.get(CONF_ALWAYS_ON, True),
         )
         data.coordinators[name] = coordinator
         # Learn who is up without delaying setup: a server that is down
@@ -70,6 +80,13 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
         )
     _async_report_unusable_backends(hass, entry)
     async_delete_orphan_issues(hass)
+    hass.data[DATA_DOWNTIME].async_keep_only(
+        {
+            subentry_id
+            for router in hass.config_entries.async_entries(DOMAIN)
+            for subentry_id in router.subentries
+        }
+    )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True

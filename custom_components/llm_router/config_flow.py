@@ -41,6 +41,7 @@ from homeassistant.helpers.selector import (
 import probatio
 
 from .const import (
+    CONF_ALWAYS_ON,
     CONF_BACKEND,
     CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
@@ -168,6 +169,9 @@ def _model_schema(
         ): _seconds(600),
         probatio.Required(
             CONF_THINK, default=default(CONF_THINK, False)
+        ): BooleanSelector(),
+        probatio.Required(
+            CONF_ALWAYS_ON, default=default(CONF_ALWAYS_ON, True)
         ): BooleanSelector(),
     }
     if kind is BackendKind.OLLAMA:

@@ -21,6 +21,7 @@ CONF_KEEP_ALIVE: Final = "keep_alive"
 CONF_NUM_CTX: Final = "num_ctx"
 CONF_SKIP_CHECK: Final = "skip_check"
 CONF_BACKEND: Final = "backend"
+CONF_ALWAYS_ON: Final = "always_on"
 
 # Which backend a reauthentication flow asks a new API key for.
 REAUTH_SUBENTRY_ID: Final = "subentry_id"

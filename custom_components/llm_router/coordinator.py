@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
@@ -11,6 +11,7 @@ from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, LOGGER, REAUTH_SUBENTRY_ID
+from .downtime import Downtime
 from .engine.errors import AuthFailed, BackendError, ModelNotFound
 from .engine.router import Router
 from .engine.urls import without_credentials
@@ -38,8 +39,14 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         backend_name: str,
         subentry_id: str,
         interval: timedelta,
+        downtime: Downtime,
+        always_on: bool,
     ) -> None:
-        """Probe backend_name every interval."""
+        """Probe backend_name every interval.
+
+        A backend that is always_on gets a repair issue when it has been
+        down for long; one that sleeps on purpose does not.
+        """
         super().__init__(
             hass,
             LOGGER,
@@ -52,25 +59,27 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         self.subentry_id = subentry_id
         self.interval = interval
         self.interval_while_down = max(timedelta(seconds=5), interval / 3)
-        self.down_since: datetime | None = None
+        self.downtime = downtime
+        self.always_on = always_on
         self._version: str | None = None
 
     async def _async_update_data(self) -> bool:
         online = await self.router.async_probe(self.backend_name)
         self.update_interval = self.interval if online else self.interval_while_down
         state = self.router.states[self.backend_name]
+        unreachable = unreachable_issue_id(self.subentry_id)
         if online:
-            self.down_since = None
-            ir.async_delete_issue(
-                self.hass, DOMAIN, unreachable_issue_id(self.subentry_id)
-            )
+            self.downtime.async_up(self.subentry_id)
+            ir.async_delete_issue(self.hass, DOMAIN, unreachable)
             self._update_sw_version(state.version)
             await self._check_model()
         elif state.auth_error is None:
-            self.down_since = self.down_since or dt_util.utcnow()
-            if dt_util.utcnow() - self.down_since > UNREACHABLE_ISSUE_AFTER:
+            down_for = dt_util.utcnow() - self.downtime.async_down(self.subentry_id)
+            if not self.always_on:
+                ir.async_delete_issue(self.hass, DOMAIN, unreachable)
+            elif down_for > UNREACHABLE_ISSUE_AFTER:
                 self._raise_issue(
-                    unreachable_issue_id(self.subentry_id),
+                    unreachable,
                     "backend_unreachable",
                     ir.IssueSeverity.WARNING,
                     url=without_credentials(state.config.url),
