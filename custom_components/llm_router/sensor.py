@@ -145,7 +145,7 @@ async def async_setup_entry(
     for coordinator in entry.runtime_data.coordinators.values():
         kind = coordinator.router.states[coordinator.backend_name].config.kind
         entities: list[SensorEntity] = [
-            BackendSensor(entry, coordinator, description)
+            MeasurementSensor(entry, coordinator, description)
             for description in BACKEND_SENSORS
         ]
         if kind is BackendKind.OLLAMA:  # only Ollama says what it has loaded
@@ -177,6 +177,26 @@ class BackendSensor(LLMRouterBackendEntity, SensorEntity):
     def native_value(self) -> StateType:
         """The sensor's value."""
         return self.entity_description.value_fn(self.backend)
+
+
+class MeasurementSensor(BackendSensor, RestoreSensor):
+    """The last measurement; until there is one, the one before a reload."""
+
+    _restored: StateType = None
+
+    async def async_added_to_hass(self) -> None:
+        """Restore the last measured value."""
+        await super().async_added_to_hass()
+        last = await self.async_get_last_sensor_data()
+        if last is not None and isinstance(last.native_value, int | float):
+            self._restored = last.native_value
+
+    @property
+    def native_value(self) -> StateType:
+        """The newest measurement, or the restored one."""
+        if self.backend.last_stats is None:
+            return self._restored
+        return super().native_value
 
 
 class LoadedModelSensor(BackendSensor):
@@ -245,8 +265,8 @@ class RouterCounter(LLMRouterStateEntity, _Restoring):
         return self.entry.runtime_data
 
 
-class LastBackendSensor(LLMRouterStateEntity, SensorEntity):
-    """The backend that answered the last request."""
+class LastBackendSensor(LLMRouterStateEntity, RestoreSensor):
+    """The backend that answered the last request, across reloads too."""
 
     _attr_device_class = SensorDeviceClass.ENUM
     _attr_translation_key = "last_backend"
@@ -255,6 +275,18 @@ class LastBackendSensor(LLMRouterStateEntity, SensorEntity):
         """Create the sensor; its options are the backend names."""
         super().__init__(entry, "last_backend")
         self._attr_options = list(entry.runtime_data.backend_subentries)
+
+    async def async_added_to_hass(self) -> None:
+        """Restore the last backend, if the router still has it."""
+        await super().async_added_to_hass()
+        data = self.entry.runtime_data
+        last = await self.async_get_last_sensor_data()
+        if (
+            data.last_backend is None
+            and last is not None
+            and last.native_value in data.backend_subentries
+        ):
+            data.last_backend = str(last.native_value)
 
     @property
     def native_value(self) -> str | None:
