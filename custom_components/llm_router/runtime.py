@@ -10,6 +10,7 @@ from homeassistant.config_entries import ConfigEntry, ConfigSubentry
 from homeassistant.const import CONF_API_KEY, CONF_MODEL, CONF_NAME, CONF_URL
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.util.hass_dict import HassKey
 from homeassistant.util.ssl import get_default_context
 
 from .const import (
@@ -26,6 +27,7 @@ from .const import (
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PRIORITY,
+    DOMAIN,
     SUBENTRY_BACKEND,
 )
 from .coordinator import BackendHealthCoordinator
@@ -35,6 +37,7 @@ from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
 from .engine.router import Router
+from .engine.servers import ServerRegistry
 from .engine.urls import InvalidURL, normalize_url
 
 
@@ -79,6 +82,8 @@ class LLMRouterData:
 
 
 type LLMRouterConfigEntry = ConfigEntry[LLMRouterData]
+
+DATA_SERVERS: HassKey[ServerRegistry] = HassKey(f"{DOMAIN}_servers")
 
 
 def backend_config(data: Mapping[str, Any]) -> BackendConfig:
@@ -135,6 +140,8 @@ def create_router(
     """Build the router for a config entry from its subentries and options.
 
     A backend whose stored URL is unusable is left out; the others work.
+    Backends share their server's slots and breaker with every router on it,
+    until the entry unloads.
     """
     configs: dict[str, BackendConfig] = {}
     unusable: dict[str, InvalidURL] = {}
@@ -146,10 +153,20 @@ def create_router(
     policy = create_policy(
         PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
     )
+    registry = hass.data.setdefault(DATA_SERVERS, ServerRegistry())
+    servers = {config.name: registry.acquire(config) for config in configs.values()}
+
+    @callback
+    def release_servers() -> None:
+        for config in configs.values():
+            registry.release(config)
+
+    entry.async_on_unload(release_servers)
     data = LLMRouterData(
         router=Router(
             [create_backend(hass, config) for config in configs.values()],
             policy=policy,
+            servers=servers,
         ),
         backend_subentries={
             config.name: subentry_id for subentry_id, config in configs.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 import logging
 
@@ -32,6 +32,7 @@ from .models import (
 )
 from .policy import OrderedPolicy, Policy
 from .reasoning import ReasoningSplitter
+from .servers import Server
 from .stats import GenerationStats, StreamClock, summarize
 
 _LOGGER = logging.getLogger(__name__)
@@ -142,19 +143,21 @@ class Router:
         *,
         policy: Policy | None = None,
         settings: RouterSettings | None = None,
+        servers: Mapping[str, Server] | None = None,
     ) -> None:
+        # servers: by backend name, slots and breaker shared with other routers
+        # on the same server (see ServerRegistry); else each backend its own.
         self.settings = settings or RouterSettings()
         self.policy = policy or OrderedPolicy()
-        self.states: dict[str, BackendState] = {
-            backend.name: BackendState(
-                backend=backend,
-                breaker=CircuitBreaker(
-                    failure_threshold=self.settings.failure_threshold
-                ),
-                slots=asyncio.Semaphore(max(1, backend.config.max_parallel)),
+        self.states: dict[str, BackendState] = {}
+        for backend in backends:
+            server = (servers or {}).get(backend.name) or Server.create(
+                max_parallel=backend.config.max_parallel,
+                failure_threshold=self.settings.failure_threshold,
             )
-            for backend in backends
-        }
+            self.states[backend.name] = BackendState(
+                backend=backend, breaker=server.breaker, slots=server.slots
+            )
         self._listeners: list[Callable[[], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
