@@ -1,4 +1,4 @@
-"""Rules of the code's shape: no import circles."""
+"""Rules of the code's shape: no import circles, no asserts in the HA layer."""
 
 from __future__ import annotations
 
@@ -71,3 +71,14 @@ def test_import_graph_is_read() -> None:
 def test_no_import_circles() -> None:
     """Circles, even through type-checking imports, mean tangled layers."""
     assert cycles(import_graph()) == []
+
+
+def test_no_asserts_in_the_home_assistant_layer() -> None:
+    """Asserts vanish under python -O; reachable checks must raise."""
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(PACKAGE_DIR.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []

@@ -6,6 +6,8 @@ from typing import Any
 
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import entity_registry as er
+from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -96,8 +98,9 @@ async def test_ask_broken_prompt(hass: HomeAssistant, ollama: FakeOllama) -> Non
         backend("Pi", "ollama", ollama.url, "llama3.2", 1), prompt="{{ x"
     )
     await setup_router(hass, entry)
-    with pytest.raises(HomeAssistantError):
+    with pytest.raises(HomeAssistantError) as caught:
         await ask(hass, text="Hello")
+    assert caught.value.translation_key == "prompt_failed"
     assert ollama.chat_bodies == []
 
 
@@ -140,6 +143,36 @@ async def test_ask_unloaded_router(hass: HomeAssistant, ollama: FakeOllama) -> N
     with pytest.raises(ServiceValidationError) as caught:
         await ask(hass, text="Hi", config_entry_id=entry.entry_id)
     assert caught.value.translation_key == "router_not_loaded"
+
+
+async def test_ask_when_the_only_router_is_not_loaded(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    entry = await setup_router(hass, gpu_and_pi(ollama.url))
+    await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, text="Hi")
+    assert caught.value.translation_key == "no_router_loaded"
+    assert caught.value.translation_placeholders == {"routers": "LLM Router"}
+
+
+async def test_ask_without_any_router(hass: HomeAssistant) -> None:
+    assert await async_setup_component(hass, "homeassistant", {})
+    assert await async_setup_component(hass, "llm_router", {})
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, text="Hi")
+    assert caught.value.translation_key == "no_routers"
+
+
+async def test_ask_after_the_agent_entity_was_deleted(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    er.async_get(hass).async_remove("conversation.llm_router")
+    with pytest.raises(HomeAssistantError) as caught:
+        await ask(hass, text="Hi")
+    assert caught.value.translation_key == "agent_missing"
+    assert ollama.chat_bodies == []
 
 
 async def test_benchmark_all_backends(hass: HomeAssistant, ollama: FakeOllama) -> None:

@@ -84,9 +84,7 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
         self.entry.runtime_data.async_record(
             report.served_by, fell_back=report.fell_back
         )
-        content = chat_log.content[-1]
-        assert isinstance(content, conversation.AssistantContent)  # the run ends so
-        text = content.content or ""
+        text = report.answer
         data = (
             text if task.structure is None else parse_structured(text, task.structure)
         )

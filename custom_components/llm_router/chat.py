@@ -51,6 +51,8 @@ class ChatReport:
     """How a chat log was answered: the router's turns, first to last."""
 
     turns: list[Turn] = field(default_factory=list)
+    answer: str = ""
+    """The text the answer ended with."""
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -254,16 +256,17 @@ async def async_run_chat_log(
         )
         turn = router.route(request, backend=backend)
         report.turns.append(turn)
-        async for _content in chat_log.async_add_delta_content_stream(
+        async for content in chat_log.async_add_delta_content_stream(
             agent_id, _deltas(chat_log.hass, language, turn)
         ):
-            pass
+            if isinstance(content, conversation.AssistantContent):
+                report.answer = content.content or ""
         if not chat_log.unresponded_tool_results:
             return report
     LOGGER.warning(
         "The model kept calling tools; stopped after %s calls", MAX_TOOL_ITERATIONS
     )
-    await async_end_turn_with_note(
+    report.answer = await async_end_turn_with_note(
         chat_log,
         agent_id,
         language,

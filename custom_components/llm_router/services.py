@@ -15,7 +15,7 @@ from homeassistant.core import (
     SupportsResponse,
     callback,
 )
-from homeassistant.exceptions import ServiceValidationError
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import (
     chat_session,
     config_validation as cv,
@@ -24,9 +24,9 @@ from homeassistant.helpers import (
 import probatio
 
 from .chat import (
-    FailureNote,
     async_answer,
     async_end_turn_with_failure,
+    async_end_turn_with_note,
     backends_failed_error,
 )
 from .const import DOMAIN
@@ -94,14 +94,26 @@ def _router_entry(hass: HomeAssistant, call: ServiceCall) -> LLMRouterConfigEntr
                 translation_placeholders={"router": entry.title},
             )
         return entry
-    entries = hass.config_entries.async_loaded_entries(DOMAIN)
-    if len(entries) != 1:
+    loaded = hass.config_entries.async_loaded_entries(DOMAIN)
+    if len(loaded) > 1:
         raise ServiceValidationError(
             translation_domain=DOMAIN,
             translation_key="router_required",
-            translation_placeholders={"count": str(len(entries))},
+            translation_placeholders={"count": str(len(loaded))},
         )
-    return entries[0]
+    if loaded:
+        return loaded[0]
+    if entries := hass.config_entries.async_entries(DOMAIN):
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="no_router_loaded",
+            translation_placeholders={
+                "routers": ", ".join(entry.title for entry in entries)
+            },
+        )
+    raise ServiceValidationError(
+        translation_domain=DOMAIN, translation_key="no_routers"
+    )
 
 
 def _backend(router: Router, call: ServiceCall) -> str | None:
@@ -145,7 +157,12 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
     agent_id = er.async_get(hass).async_get_entity_id(
         conversation.DOMAIN, DOMAIN, f"{entry.entry_id}_conversation"
     )
-    assert agent_id is not None  # a loaded router has its agent
+    if agent_id is None:  # its entity was deleted
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="agent_missing",
+            translation_placeholders={"router": entry.title},
+        )
     user_input = conversation.ConversationInput(
         text=text,
         context=call.context,
@@ -155,7 +172,7 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         language=hass.config.language,
         agent_id=agent_id,
     )
-    failed: conversation.ConverseError | AllBackendsFailed | None = None
+    failure: tuple[HomeAssistantError, Exception] | None = None
     with (
         chat_session.async_get_chat_session(
             hass, user_input.conversation_id, **_SESSION_CONTEXT(call)
@@ -174,22 +191,24 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
                 think=call.data.get(ATTR_THINK),
             )
         except conversation.ConverseError as err:
-            failed = err
-            chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(
-                    agent_id, str(err), native=FailureNote(str(err))
-                )
+            prompt_failed = HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="prompt_failed",
+                translation_placeholders={"error": str(err)},
+            )
+            failure = (prompt_failed, err)
+            await async_end_turn_with_note(
+                chat_log, agent_id, user_input.language, prompt_failed
             )
         except AllBackendsFailed as err:
-            failed = err
+            failure = (backends_failed_error(err), err)
             await async_end_turn_with_failure(
                 chat_log, agent_id, user_input.language, err
             )
         result = conversation.async_get_result_from_chat_log(user_input, chat_log)
-    if isinstance(failed, AllBackendsFailed):
-        raise backends_failed_error(failed) from failed
-    if failed is not None:
-        raise failed
+    if failure is not None:
+        error, cause = failure
+        raise error from cause
     served_by = report.served_by
     return {
         "response": result.response.speech["plain"]["speech"],
