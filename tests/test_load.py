@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from homeassistant.components import conversation
@@ -51,6 +51,8 @@ async def measured_loop_lag() -> AsyncIterator[LoopLag]:
         yield lag
     finally:
         ticker.cancel()
+        with suppress(asyncio.CancelledError):
+            await ticker
         loop.set_debug(debug)
 
 
