@@ -18,6 +18,7 @@ from custom_components.llm_router.engine.errors import (
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -494,9 +495,17 @@ async def test_thinking_unsupported(fake: FakeOllama, make: Make) -> None:
         (
             400,
             'invalid format: expected "json" or a JSON schema',
-            BadResponse,
+            BadRequest,
             'HTTP 400: invalid format: expected "json" or a JSON schema',
         ),
+        (
+            413,
+            "request entity too large",
+            BadRequest,
+            "HTTP 413: request entity too large",
+        ),
+        (422, "unprocessable", BadRequest, "HTTP 422: unprocessable"),
+        (405, "method not allowed", BadResponse, "HTTP 405: method not allowed"),
     ],
 )
 async def test_error_statuses(

@@ -16,6 +16,7 @@ from custom_components.llm_router.engine.errors import (
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -317,7 +318,15 @@ async def test_wrong_api_key_fails_auth_without_leaking_it(
         (Reply(status=500, error="boom"), BackendServerError, "HTTP 500: boom"),
         (Reply(status=429, error="slow down"), BackendServerError, "HTTP 429"),
         (Reply(status=403, error="forbidden"), AuthFailed, "HTTP 403"),
-        (Reply(status=400, error="bad temperature"), BadResponse, "bad temperature"),
+        (Reply(status=400, error="bad temperature"), BadRequest, "bad temperature"),
+        (
+            Reply(status=400, error="the request exceeds the available context size"),
+            BadRequest,
+            "HTTP 400: the request exceeds",
+        ),
+        (Reply(status=413, error="too large"), BadRequest, "HTTP 413"),
+        (Reply(status=422, error="invalid schema"), BadRequest, "HTTP 422"),
+        (Reply(status=405, error="not allowed"), BadResponse, "HTTP 405"),
         (
             Reply(status=400, error="model 'qwen3:8b' not found"),
             ModelNotFound,
@@ -342,8 +351,10 @@ async def test_error_statuses(
 ) -> None:
     fake.script(reply)
 
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as caught:
         await collect(backend(session, fake.url))
+
+    assert type(caught.value) is error
 
 
 async def test_unknown_model_is_model_not_found(

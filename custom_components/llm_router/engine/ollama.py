@@ -29,11 +29,13 @@ from yarl import URL
 
 from .backend import Backend
 from .errors import (
+    REQUEST_REFUSED,
     AuthFailed,
     BackendError,
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -269,6 +271,8 @@ class _Failures:
             return ModelNotFound(f"model '{model}' not found")
         if status == 429 or status >= 500 or status < 0:
             return BackendServerError(detail)
+        if status in REQUEST_REFUSED:
+            return BadRequest(detail)
         return BadResponse(detail)
 
 

@@ -19,11 +19,13 @@ import aiohttp
 
 from .backend import Backend
 from .errors import (
+    REQUEST_REFUSED,
     AuthFailed,
     BackendError,
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -187,6 +189,8 @@ def _status_error(
         return ModelNotFound(text)
     if status == 429 or status >= 500:
         return BackendServerError(text)
+    if status in REQUEST_REFUSED:
+        return BadRequest(text)
     return BadResponse(text)
 
 
