@@ -448,6 +448,68 @@ async def test_stream_without_done_is_bad_response(
             await collect(backend(session, server.url))
 
 
+@pytest.mark.parametrize(
+    "done_line",
+    [b"data: [DONE]", None],
+    ids=["done-without-newline", "finish-reason-then-close"],
+)
+async def test_complete_answer_however_the_stream_ends(
+    session: aiohttp.ClientSession, done_line: bytes | None
+) -> None:
+    async with FakeOpenAI(done_line=done_line) as server:
+        server.script(Reply(text="All done.", prompt_tokens=5, completion_tokens=2))
+        events = await collect(backend(session, server.url))
+
+    assert text_of(events, TextDelta) == "All done."
+    assert events[-1] == ServerStats(prompt_tokens=5, completion_tokens=2)
+
+
+async def test_stream_closed_before_its_finish_reason_is_bad_response(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(usage_in_stream=False, done_line=None) as server:
+        server.final_fields = {"choices": []}  # no finish_reason either
+        with pytest.raises(BadResponse, match=r"before \[DONE\]"):
+            await collect(backend(session, server.url))
+
+
+@pytest.mark.parametrize(
+    ("server", "final_fields", "stats"),
+    [
+        ({}, {"usage": {"total_tokens": 12}}, ServerStats()),
+        (
+            {},
+            {"usage": {"prompt_tokens": 7, "completion_tokens": "2"}},
+            ServerStats(prompt_tokens=7),
+        ),
+        ({}, {"usage": "n/a"}, ServerStats()),
+        (
+            {"llama_cpp": True},
+            {"timings": {"prompt_n": 3}},
+            ServerStats(prompt_tokens=3),
+        ),
+        (
+            {"llama_cpp": True},
+            {"timings": {"predicted_n": 4, "predicted_ms": True, "prompt_ms": -1}},
+            ServerStats(completion_tokens=4),
+        ),
+        ({"llama_cpp": True}, {"timings": [], "usage": None}, ServerStats()),
+    ],
+)
+async def test_usage_and_timings_in_unexpected_shapes_are_unknown(
+    session: aiohttp.ClientSession,
+    server: dict[str, Any],
+    final_fields: dict[str, Any],
+    stats: ServerStats,
+) -> None:
+    async with FakeOpenAI(**server) as fake:
+        fake.final_fields = final_fields
+        events = await collect(backend(session, fake.url))
+
+    assert text_of(events, TextDelta) == "Hello from the fake."
+    assert events[-1] == stats
+
+
 async def test_malformed_chunk_is_bad_response(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:

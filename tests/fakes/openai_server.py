@@ -48,11 +48,14 @@ class FakeOpenAI(FakeServer):
     usage_in_stream=False ignores stream_options, as minimal servers do;
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
     crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
-    tool_call_index=False leaves tool_calls[].index out, as Gemini does.
+    tool_call_index=False leaves tool_calls[].index out, as Gemini does;
+    done_line is how the stream ends (b"data: [DONE]" without its newline,
+    or None for servers that just close after the finish_reason).
 
     Mutable state: loading (llama.cpp) answers 503 on /health and chat;
     metadata_delay holds /health and /v1/models back; models_body replaces
-    the /v1/models answer with raw text (say, a web page).
+    the /v1/models answer with raw text (say, a web page); final_fields are
+    merged into the stream's last chunk (say, usage in an odd shape).
 
     requests records every request as {"method", "path", "headers", "body"}
     (headers: Authorization and Content-Type when sent; body: the parsed
@@ -73,6 +76,7 @@ class FakeOpenAI(FakeServer):
         keepalive: bool = False,
         crlf: bool = False,
         tool_call_index: bool = True,
+        done_line: bytes | None = b"data: [DONE]\n\n",
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -86,9 +90,11 @@ class FakeOpenAI(FakeServer):
         self.keepalive = keepalive
         self.crlf = crlf
         self.tool_call_index = tool_call_index
+        self.done_line = done_line
         self.loading = False
         self.metadata_delay = 0.0
         self.models_body: str | None = None
+        self.final_fields: dict[str, Any] = {}
         self.app.middlewares.append(self._record)
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
@@ -247,9 +253,11 @@ class FakeOpenAI(FakeServer):
             )
         if self.llama_cpp:
             chunks[-1]["timings"] = answer.timings(first - started, now - first)
+        chunks[-1].update(self.final_fields)
         for chunk in chunks:
             await writer.write(_sse(chunk))
-        await writer.write(b"data: [DONE]\n\n")
+        if self.done_line is not None:
+            await writer.write(self.done_line)
 
     def _chunk(
         self, answer: _Answer, delta: dict[str, Any], finish_reason: str | None = None

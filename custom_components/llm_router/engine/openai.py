@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -78,12 +79,15 @@ class OpenAIBackend(Backend):
                     continue  # blank separators, ": keep-alive" comments, fields
                 payload = line.removeprefix(b"data:").strip()
                 if payload == b"[DONE]":
-                    for event in stream.finish():
-                        yield event
-                    return
+                    break
                 for event in stream.feed(payload):
                     yield event
-            raise BadResponse("stream ended before [DONE]")
+            else:
+                # Some servers close after the finish_reason without [DONE].
+                if not stream.finished:
+                    raise BadResponse("stream ended before [DONE]")
+        for event in stream.finish():
+            yield event
 
     async def probe(self) -> ProbeResult:
         """GET /health (llama.cpp), else /v1/models for servers without it."""
@@ -238,6 +242,8 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         *lines, pending = (pending + data).split(b"\n")
         for line in lines:
             yield line
+    if pending:  # the last line may lack its newline
+        yield pending
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
@@ -287,6 +293,8 @@ class _Stream:
         self._calls: dict[int, _PartialCall] = {}
         self._timings: ServerStats | None = None
         self._usage: ServerStats | None = None
+        self.finished = False
+        """Whether a finish_reason came: the answer is complete."""
 
     def feed(self, payload: bytes) -> list[StreamEvent]:
         """Events carried by one data line."""
@@ -300,23 +308,24 @@ class _Stream:
                     secret=self._secret,
                     chat=True,
                 )
-            if timings := chunk.get("timings"):  # llama.cpp
+            # Statistics are optional: a field in another shape is unknown.
+            if isinstance(timings := chunk.get("timings"), dict):  # llama.cpp
                 self._timings = ServerStats(
-                    prompt_tokens=timings["prompt_n"],
-                    completion_tokens=timings["predicted_n"],
-                    prompt_seconds=timings["prompt_ms"] / 1000,
-                    generation_seconds=timings["predicted_ms"] / 1000,
+                    prompt_tokens=_count(timings.get("prompt_n")),
+                    completion_tokens=_count(timings.get("predicted_n")),
+                    prompt_seconds=_seconds(timings.get("prompt_ms")),
+                    generation_seconds=_seconds(timings.get("predicted_ms")),
                 )
-            if usage := chunk.get("usage"):
+            if isinstance(usage := chunk.get("usage"), dict):
                 self._usage = ServerStats(
-                    prompt_tokens=usage["prompt_tokens"],
-                    completion_tokens=usage["completion_tokens"],
+                    prompt_tokens=_count(usage.get("prompt_tokens")),
+                    completion_tokens=_count(usage.get("completion_tokens")),
                 )
-            return [
-                event
-                for choice in chunk.get("choices") or ()
-                for event in self._delta(choice.get("delta") or {})
-            ]
+            events: list[StreamEvent] = []
+            for choice in chunk.get("choices") or ():
+                events += self._delta(choice.get("delta") or {})
+                self.finished = self.finished or bool(choice.get("finish_reason"))
+            return events
         except (ValueError, LookupError, AttributeError, TypeError) as err:
             raise BadResponse("malformed stream chunk") from err
 
@@ -346,6 +355,20 @@ class _Stream:
             events.append(ToolCallDelta(tuple(map(_tool_call, self._calls.values()))))
         events.append(self._timings or self._usage or ServerStats())
         return events
+
+
+def _count(value: Any) -> int | None:
+    """A token count, if value is one."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """Seconds from a duration in milliseconds, if value is one."""
+    if isinstance(milliseconds, int | float) and not isinstance(milliseconds, bool):
+        return milliseconds / 1000 if 0 <= milliseconds < math.inf else None
+    return None
 
 
 def _tool_call(call: _PartialCall) -> ToolCall:
