@@ -351,6 +351,21 @@ async def test_inline_reasoning_without_opening_tag_when_thinking() -> None:
     assert events == [ReasoningDelta("Check lamp."), TextDelta("It is on.")]
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [["Use the <think>", " tag to mark reasoning."], ["<think> is a tag", "."]],
+)
+async def test_think_tag_that_never_closes_is_spoken_without_thinking(
+    pieces: list[str],
+) -> None:
+    gpu = ScriptedBackend("GPU")
+    gpu.streams = [[*map(TextDelta, pieces), ServerStats(completion_tokens=9)]]
+    turn, events = await collect(TrackedRouter([gpu]))
+    assert answer_of(events) == "".join(pieces)
+    assert turn.served_by == "GPU"
+    assert turn.attempts[0].ok
+
+
 async def test_empty_answer_falls_back() -> None:
     gpu = ScriptedBackend("GPU")
     gpu.streams = [[ReasoningDelta("..."), ServerStats()]]
