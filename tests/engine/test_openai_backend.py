@@ -561,18 +561,39 @@ async def test_sse_split_across_reads_comments_and_crlf(
     assert ToolCallDelta((ToolCall("call_fake0", "HassTurnOn", LIGHT),)) in events
 
 
-async def test_probe_uses_health_on_llama_cpp(
-    llama: FakeOpenAI, session: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    "server", [{}, {"llama_cpp": True}, {"litellm": True}], ids=str
+)
+async def test_probe_and_model_check_cost_one_models_request(
+    session: aiohttp.ClientSession, server: dict[str, Any]
 ) -> None:
-    assert await backend(session, llama.url).probe() == ProbeResult()
-    assert [request["path"] for request in llama.requests] == ["/health"]
+    """Never /health: LiteLLM's runs a completion on every model."""
+    async with FakeOpenAI(**server) as fake:
+        target = backend(session, fake.url)
+        assert await target.probe() == ProbeResult()
+        await target.check_model()
+        assert [request["path"] for request in fake.requests] == ["/v1/models"]
+
+        # Without a probe before it, the check asks by itself.
+        await target.check_model()
+        assert await target.list_models() == ["fake-model"]
+        assert len(fake.requests) == 3
 
 
-async def test_probe_falls_back_to_models(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    assert await backend(session, fake.url + "/v1").probe() == ProbeResult()
-    assert [request["path"] for request in fake.requests] == ["/health", "/v1/models"]
+async def test_model_check(session: aiohttp.ClientSession) -> None:
+    async with FakeOpenAI(models=("qwen3:8b",)) as fake:
+        await backend(session, fake.url, model="qwen3:8b").check_model()
+        with pytest.raises(ModelNotFound, match="'llama3'"):
+            await backend(session, fake.url, model="llama3").check_model()
+
+
+async def test_llama_cpp_takes_any_model_name(session: aiohttp.ClientSession) -> None:
+    """llama-server lists its model by path and answers under any name."""
+    async with FakeOpenAI(llama_cpp=True, models=("/models/qwen3-8b.gguf",)) as fake:
+        target = backend(session, fake.url, model="qwen3")
+        await target.check_model()
+        await target.probe()
+        await target.check_model()
 
 
 async def test_probe_of_a_url_without_the_api_is_bad_response(
@@ -582,11 +603,10 @@ async def test_probe_of_a_url_without_the_api_is_bad_response(
         await backend(session, fake.url + "/elsewhere").probe()
 
 
-@pytest.mark.parametrize("llama_cpp", [True, False])  # stuck on /health, /v1/models
 async def test_probe_of_a_slow_server_times_out(
-    session: aiohttp.ClientSession, llama_cpp: bool
+    session: aiohttp.ClientSession,
 ) -> None:
-    async with FakeOpenAI(llama_cpp=llama_cpp) as server:
+    async with FakeOpenAI() as server:
         server.metadata_delay = math.inf
         with pytest.raises(BackendTimeout, match="no answer in time"):
             await backend(session, server.url, stall_timeout=0.2).probe()

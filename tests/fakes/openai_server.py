@@ -49,10 +49,12 @@ class FakeOpenAI(FakeServer):
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
     crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
     tool_call_index=False leaves tool_calls[].index out, as Gemini does;
+    litellm=True adds LiteLLM's /health, which runs a completion on every
+    model (here it just answers as if it had);
     done_line is how the stream ends (b"data: [DONE]" without its newline,
     or None for servers that just close after the finish_reason).
 
-    Mutable state: loading (llama.cpp) answers 503 on /health and chat;
+    Mutable state: loading (llama.cpp) answers 503 everywhere;
     metadata_delay holds /health and /v1/models back; models_body replaces
     the /v1/models answer with raw text (say, a web page); final_fields are
     merged into the stream's last chunk (say, usage in an odd shape).
@@ -77,6 +79,7 @@ class FakeOpenAI(FakeServer):
         crlf: bool = False,
         tool_call_index: bool = True,
         done_line: bytes | None = b"data: [DONE]\n\n",
+        litellm: bool = False,
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -100,6 +103,8 @@ class FakeOpenAI(FakeServer):
         self.app.router.add_get("/v1/models", self._models)
         if llama_cpp:
             self.app.router.add_get("/health", self._health)
+        if litellm:
+            self.app.router.add_get("/health", self._litellm_health)
 
     @property
     def chat_bodies(self) -> list[dict[str, Any]]:
@@ -169,8 +174,21 @@ class FakeOpenAI(FakeServer):
             return self._error(503, "Loading model")
         return web.json_response({"status": "ok"})
 
+    async def _litellm_health(self, request: web.Request) -> web.Response:
+        endpoints = [{"model": model} for model in self.models]
+        return web.json_response(
+            {
+                "healthy_endpoints": endpoints,
+                "unhealthy_endpoints": [],
+                "healthy_count": len(endpoints),
+                "unhealthy_count": 0,
+            }
+        )
+
     async def _models(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.metadata_delay)
+        if self.loading:
+            return self._error(503, "Loading model")
         if self.models_body is not None:
             return web.Response(text=self.models_body, content_type="text/html")
         owner = "llamacpp" if self.llama_cpp else "fake"

@@ -66,6 +66,7 @@ class OpenAIBackend(Backend):
         self._headers = (
             {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         )
+        self._probed_listing: _Listing | None = None
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Stream a completion from /v1/chat/completions."""
@@ -90,22 +91,45 @@ class OpenAIBackend(Backend):
             yield event
 
     async def probe(self) -> ProbeResult:
-        """GET /health (llama.cpp), else /v1/models for servers without it."""
-        async with self._call(
-            "GET", "/health", read_timeout=True, missing_ok=True
-        ) as response:
-            if response.status != 404:
-                return ProbeResult()
-        await self.list_models()
+        """GET /v1/models, which every server answers cheaply.
+
+        Not /health: a LiteLLM proxy answers it by running a completion on
+        every model. The listing serves the model check that follows.
+        """
+        self._probed_listing = await self._listing()
         return ProbeResult()
 
     async def list_models(self) -> list[str]:
         """Model ids from /v1/models."""
+        return (await self._latest_listing()).models
+
+    async def check_model(self) -> None:
+        """Raise ModelNotFound unless the server lists the configured model.
+
+        llama-server lists its one model by file path or alias and answers
+        under any name: it always passes.
+        """
+        listing = await self._latest_listing()
+        if listing.llama_cpp or not listing.models:
+            return
+        if self.config.model not in listing.models:
+            raise ModelNotFound(f"model '{self.config.model}' not found")
+
+    async def _latest_listing(self) -> _Listing:
+        """The listing the last probe fetched, once; else a new one."""
+        listing, self._probed_listing = self._probed_listing, None
+        return listing or await self._listing()
+
+    async def _listing(self) -> _Listing:
         async with self._call("GET", "/v1/models", read_timeout=True) as response:
             answer = await response.read()
         try:
-            return [str(model["id"]) for model in json.loads(answer)["data"]]
-        except (ValueError, LookupError, TypeError) as err:
+            data = json.loads(answer)["data"]
+            return _Listing(
+                models=[str(model["id"]) for model in data],
+                llama_cpp=any(model.get("owned_by") == "llamacpp" for model in data),
+            )
+        except (ValueError, LookupError, TypeError, AttributeError) as err:
             raise BadResponse("unexpected /v1/models answer") from err
 
     async def model_details(self) -> ModelDetails:
@@ -140,13 +164,11 @@ class OpenAIBackend(Backend):
         *,
         body: Mapping[str, Any] | None = None,
         read_timeout: bool = False,
-        missing_ok: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request and turn every failure into a BackendError.
 
         read_timeout bounds each read by the stall timeout; only for cheap
-        calls, chat deadlines belong to the router. missing_ok hands a 404
-        to the caller instead of raising.
+        calls, chat deadlines belong to the router.
         """
         timeout = aiohttp.ClientTimeout(
             sock_connect=self.config.connect_timeout,
@@ -161,9 +183,7 @@ class OpenAIBackend(Backend):
                 headers=self._headers,
                 timeout=timeout,
             ) as response:
-                if response.status >= 400 and not (
-                    missing_ok and response.status == 404
-                ):
+                if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise _status_error(
                         response.status,
@@ -274,6 +294,14 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
     if tool.description is not None:
         function["description"] = tool.description
     return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What /v1/models says."""
+
+    models: list[str]
+    llama_cpp: bool
 
 
 @dataclass
