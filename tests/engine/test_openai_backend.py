@@ -286,6 +286,17 @@ async def test_url_with_or_without_v1(
     assert [request["path"] for request in fake.requests] == ["/v1/chat/completions"]
 
 
+@pytest.mark.parametrize("api", ["/v1beta/openai", "/openai/v1", "/api/v2/"])
+async def test_url_naming_its_api_version_is_taken_as_it_is(
+    session: aiohttp.ClientSession, api: str
+) -> None:
+    async with FakeOpenAI(api=api.rstrip("/")) as server:
+        events = await collect(backend(session, server.url + api))
+        assert await backend(session, server.url + api).list_models() == ["fake-model"]
+
+    assert text_of(events, TextDelta) == "Hello from the fake."
+
+
 async def test_api_key_sent_as_bearer(session: aiohttp.ClientSession) -> None:
     async with FakeOpenAI(api_key="sk-right") as server:
         await collect(backend(session, server.url, api_key="sk-right"))

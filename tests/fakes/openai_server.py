@@ -49,6 +49,7 @@ class FakeOpenAI(FakeServer):
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
     crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
     tool_call_index=False leaves tool_calls[].index out, as Gemini does;
+    api is where the API lives (Gemini: /v1beta/openai);
     litellm=True adds LiteLLM's /health, which runs a completion on every
     model (here it just answers as if it had);
     done_line is how the stream ends (b"data: [DONE]" without its newline,
@@ -80,6 +81,7 @@ class FakeOpenAI(FakeServer):
         tool_call_index: bool = True,
         done_line: bytes | None = b"data: [DONE]\n\n",
         litellm: bool = False,
+        api: str = "/v1",
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -99,8 +101,9 @@ class FakeOpenAI(FakeServer):
         self.models_body: str | None = None
         self.final_fields: dict[str, Any] = {}
         self.app.middlewares.append(self._record)
-        self.app.router.add_post("/v1/chat/completions", self._chat)
-        self.app.router.add_get("/v1/models", self._models)
+        self.api = api
+        self.app.router.add_post(f"{api}/chat/completions", self._chat)
+        self.app.router.add_get(f"{api}/models", self._models)
         if llama_cpp:
             self.app.router.add_get("/health", self._health)
         if litellm:
@@ -112,7 +115,7 @@ class FakeOpenAI(FakeServer):
         return [
             request["body"]
             for request in self.requests
-            if request["path"] == "/v1/chat/completions"
+            if request["path"] == f"{self.api}/chat/completions"
         ]
 
     @web.middleware
@@ -120,7 +123,7 @@ class FakeOpenAI(FakeServer):
         self, request: web.Request, handler: _Handler
     ) -> web.StreamResponse:
         await self.record(request)
-        public = {"/health", "/v1/models"} if self.llama_cpp else set()
+        public = {"/health", f"{self.api}/models"} if self.llama_cpp else set()
         if (
             self.api_key is not None
             and request.path not in public

@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -53,6 +54,18 @@ _TOOLS_REJECTED = re.compile(
     r"--jinja|does not support tools|--enable-auto-tool-choice", re.IGNORECASE
 )
 _MODEL_MISSING = re.compile(r"model\b.*\b(not found|does not exist)", re.IGNORECASE)
+_VERSION = re.compile(r"v\d+\w*")
+
+
+def _api_base(url: str) -> str:
+    """Where the API lives: the URL, or its /v1 when it names no version.
+
+    Versions: /v1, Gemini's /v1beta/openai, Groq's /openai/v1.
+    """
+    base = url.rstrip("/")
+    if any(map(_VERSION.fullmatch, urlsplit(base).path.split("/"))):
+        return base
+    return base + "/v1"
 
 
 class OpenAIBackend(Backend):
@@ -61,19 +74,18 @@ class OpenAIBackend(Backend):
     def __init__(self, config: BackendConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(config)
         self._session = session
-        # Users paste the URL with or without the /v1 the API lives under.
-        self._root = config.url.rstrip("/").removesuffix("/v1").rstrip("/")
+        self._api = _api_base(config.url)
         self._headers = (
             {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         )
         self._probed_listing: _Listing | None = None
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        """Stream a completion from /v1/chat/completions."""
+        """Stream a completion from the API's /chat/completions."""
         body = self._chat_body(request)
         _LOGGER.debug("%s: chat request %s", self.name, body)
         # No read timeout: the router enforces first-token and stall deadlines.
-        async with self._call("POST", "/v1/chat/completions", body=body) as response:
+        async with self._call("POST", "/chat/completions", body=body) as response:
             stream = _Stream(self.config.api_key)
             async for line in _lines(response.content):
                 if not line.startswith(b"data:"):
@@ -121,7 +133,7 @@ class OpenAIBackend(Backend):
         return listing or await self._listing()
 
     async def _listing(self) -> _Listing:
-        async with self._call("GET", "/v1/models", read_timeout=True) as response:
+        async with self._call("GET", "/models", read_timeout=True) as response:
             answer = await response.read()
         try:
             data = json.loads(answer)["data"]
@@ -178,7 +190,7 @@ class OpenAIBackend(Backend):
         try:
             async with self._session.request(
                 method,
-                self._root + path,
+                self._api + path,
                 json=body,
                 headers=self._headers,
                 timeout=timeout,
