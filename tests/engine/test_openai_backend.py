@@ -262,9 +262,113 @@ async def test_request_body(fake: FakeOpenAI, session: aiohttp.ClientSession) ->
             ],
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "response", "schema": schema, "strict": True},
+                "json_schema": {"name": "response", "schema": schema},
             },
         }
+    ]
+
+
+CLOSED = {
+    "type": "object",
+    "properties": {
+        "on": {"type": "boolean"},
+        "rooms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["on", "rooms"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("schema", "strict"),
+    [
+        (CLOSED, True),
+        ({**CLOSED, "additionalProperties": True}, False),
+        ({**CLOSED, "required": ["on"]}, False),
+        ({**CLOSED, "required": "on"}, False),
+        (
+            {
+                **CLOSED,
+                "properties": {
+                    "rooms": {"type": "array", "items": {"type": "object"}},
+                    "on": {"type": "boolean"},
+                },
+            },
+            False,
+        ),
+        ({"$defs": {"x": {"type": ["object", "null"]}}, "anyOf": []}, False),
+        ({"type": "string"}, True),
+    ],
+)
+async def test_strict_only_for_schemas_openai_can_enforce(
+    fake: FakeOpenAI,
+    session: aiohttp.ClientSession,
+    schema: dict[str, Any],
+    strict: bool,
+) -> None:
+    """OpenAI refuses strict mode for a schema with an open object."""
+    fake.script(Reply(text='{"on": true, "rooms": []}'))
+    request = ChatRequest(ASK.messages, response_schema=schema)
+
+    events = await collect(backend(session, fake.url), request)
+
+    assert text_of(events, TextDelta) == '{"on": true, "rooms": []}'
+    json_schema = fake.chat_bodies[0]["response_format"]["json_schema"]
+    assert json_schema.get("strict", False) is strict
+
+
+async def test_service_refusing_stream_options_is_asked_without(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(refuses_stream_options=True) as server:
+        target = backend(session, server.url)
+        first = await collect(target)
+        second = await collect(target)
+
+    assert text_of(first, TextDelta) == text_of(second, TextDelta) != ""
+    assert ["stream_options" in body for body in server.chat_bodies] == [
+        True,
+        False,
+        False,
+    ]
+
+
+async def test_server_that_took_stream_options_keeps_them(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """A bad request later is not a reason to drop them, nor to ask twice."""
+    target = backend(session, fake.url)
+    await collect(target)
+    fake.script(Reply(status=400, error="too long"))
+    with pytest.raises(BadRequest):
+        await collect(target)
+    await collect(target)
+
+    assert ["stream_options" in body for body in fake.chat_bodies] == [True] * 3
+
+
+async def test_bad_request_before_stream_options_are_known(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """Refused with and without them: the request was at fault, not they."""
+    fake.script(Reply(status=400, error="too long"), Reply(status=400, error="still"))
+    target = backend(session, fake.url)
+    with pytest.raises(BadRequest, match="still"):
+        await collect(target)
+    await collect(target)
+
+    assert ["stream_options" in body for body in fake.chat_bodies] == [
+        True,
+        False,
+        True,
     ]
 
 
@@ -360,7 +464,7 @@ async def test_error_statuses(
     error: type[BackendError],
     message: str,
 ) -> None:
-    fake.script(reply)
+    fake.script(reply, reply)  # a first 400 is retried without stream_options
 
     with pytest.raises(error, match=message) as caught:
         await collect(backend(session, fake.url))

@@ -50,6 +50,8 @@ class FakeOpenAI(FakeServer):
     crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
     tool_call_index=False leaves tool_calls[].index out, as Gemini does;
     api is where the API lives (Gemini: /v1beta/openai);
+    refuses_stream_options answers 422 to requests with stream_options, as
+    some hosted services do;
     litellm=True adds LiteLLM's /health, which runs a completion on every
     model (here it just answers as if it had);
     done_line is how the stream ends (b"data: [DONE]" without its newline,
@@ -82,6 +84,7 @@ class FakeOpenAI(FakeServer):
         done_line: bytes | None = b"data: [DONE]\n\n",
         litellm: bool = False,
         api: str = "/v1",
+        refuses_stream_options: bool = False,
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -96,6 +99,7 @@ class FakeOpenAI(FakeServer):
         self.crlf = crlf
         self.tool_call_index = tool_call_index
         self.done_line = done_line
+        self.refuses_stream_options = refuses_stream_options
         self.loading = False
         self.metadata_delay = 0.0
         self.models_body: str | None = None
@@ -214,6 +218,8 @@ class FakeOpenAI(FakeServer):
             return self._error(400, "We could not parse the JSON body of your request.")
         if problem := _invalid(body):
             return self._error(400, problem)
+        if self.refuses_stream_options and "stream_options" in body:
+            return self._error(422, "Unprocessable Entity")
         # llama-server serves its one model under any name.
         if not self.llama_cpp and body["model"] not in self.models:
             return self._error(
@@ -515,6 +521,28 @@ def _invalid(body: Any) -> str | None:
             and isinstance(schema.get("schema"), dict)
         ):
             return "Missing required parameter: 'response_format.json_schema'."
+        if (
+            kind == "json_schema"
+            and schema.get("strict")
+            and (problem := _not_strict(schema["schema"]))
+        ):
+            return f"Invalid schema for response_format 'response': In context=(), {problem}"
+    return None
+
+
+def _not_strict(schema: Any) -> str | None:
+    """Why OpenAI's strict mode refuses a schema (objects by properties, items)."""
+    if not isinstance(schema, dict):
+        return None
+    properties = schema.get("properties", {})
+    if schema.get("type") == "object":
+        if schema.get("additionalProperties") is not False:
+            return "'additionalProperties' is required to be supplied and to be false."
+        if set(schema.get("required", [])) != set(properties):
+            return "'required' is required to be supplied and to be an array including every key in properties."
+    for child in [*properties.values(), schema.get("items")]:
+        if problem := _not_strict(child):
+            return problem
     return None
 
 

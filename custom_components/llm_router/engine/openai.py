@@ -8,8 +8,9 @@ and never closed here.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 import json
 import logging
 import math
@@ -79,13 +80,15 @@ class OpenAIBackend(Backend):
             {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         )
         self._probed_listing: _Listing | None = None
+        self._takes_stream_options: bool | None = None
+        """Whether the server accepts stream_options; None until one says."""
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Stream a completion from the API's /chat/completions."""
         body = self._chat_body(request)
         _LOGGER.debug("%s: chat request %s", self.name, body)
-        # No read timeout: the router enforces first-token and stall deadlines.
-        async with self._call("POST", "/chat/completions", body=body) as response:
+        async with AsyncExitStack() as stack:
+            response = await self._send_chat(stack, body)
             stream = _Stream(self.config.api_key)
             async for line in _lines(response.content):
                 if not line.startswith(b"data:"):
@@ -148,23 +151,48 @@ class OpenAIBackend(Backend):
         """OpenAI-compatible servers do not report model capabilities."""
         return ModelDetails(capabilities=None)
 
+    async def _send_chat(
+        self, stack: AsyncExitStack, body: dict[str, Any]
+    ) -> aiohttp.ClientResponse:
+        """Send a chat request; its response stays open as long as stack.
+
+        Some hosted services refuse stream_options, with a bare 422 or 400:
+        refused before the server ever took it, the request is sent once
+        more without it, and if that goes through, never with it again.
+        """
+        # No read timeout: the router enforces first-token and stall deadlines.
+        chat = partial(self._call, "POST", "/chat/completions")
+        try:
+            response = await stack.enter_async_context(chat(body=body))
+        except BadRequest:
+            if self._takes_stream_options is not None:
+                raise
+            body.pop("stream_options")
+            response = await stack.enter_async_context(chat(body=body))
+            self._takes_stream_options = False
+        else:
+            self._takes_stream_options = "stream_options" in body
+        return response
+
     def _chat_body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.config.model,
             "messages": [_message(message) for message in request.messages],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self._takes_stream_options is not False:
+            body["stream_options"] = {"include_usage": True}
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
         if request.response_schema is not None:
+            schema = dict(request.response_schema)
+            json_schema: dict[str, Any] = {"name": "response", "schema": schema}
+            # OpenAI refuses strict mode for schemas it cannot enforce.
+            if _strict_ready(schema):
+                json_schema["strict"] = True
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {
-                    "name": "response",
-                    "schema": dict(request.response_schema),
-                    "strict": True,
-                },
+                "json_schema": json_schema,
             }
         return body
 
@@ -228,6 +256,37 @@ def _status_error(
     if status in REQUEST_REFUSED:
         return BadRequest(text)
     return BadResponse(text)
+
+
+def _strict_ready(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes a JSON schema.
+
+    It wants every object closed (additionalProperties false) with all of
+    its properties required, down to nested and referenced schemas.
+    """
+    if isinstance(schema, list):
+        return all(map(_strict_ready, schema))
+    if not isinstance(schema, Mapping):
+        return True
+    properties = _mapping(schema.get("properties"))
+    types = schema.get("type")
+    if properties or "object" in (types if isinstance(types, list) else [types]):
+        required = schema.get("required")
+        if schema.get("additionalProperties") is not False or not (
+            isinstance(required, list) and set(map(str, required)) == set(properties)
+        ):
+            return False
+    children = [
+        *properties.values(),
+        *_mapping(schema.get("$defs")).values(),
+        *_mapping(schema.get("definitions")).values(),
+        *(schema.get(key) for key in ("items", "anyOf", "allOf", "oneOf")),
+    ]
+    return all(map(_strict_ready, children))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _transport_error(err: Exception, *, answered: bool) -> BackendError:
