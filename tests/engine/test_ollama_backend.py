@@ -41,7 +41,13 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend, parse_keep_alive
-from tests.fakes.base import Reply, closed_port_url, self_signed_tls, unanswered_url
+from tests.fakes.base import (
+    Endless,
+    Reply,
+    closed_port_url,
+    self_signed_tls,
+    unanswered_url,
+)
 from tests.fakes.ollama_server import FakeOllama, Override, RunningModel
 
 ASK = ChatRequest(messages=(ChatMessage("user", "Turn on the kitchen light"),))
@@ -601,6 +607,34 @@ async def test_malformed_metadata(
 
     with pytest.raises(BadResponse, match=message):
         await make(fake.url).probe()
+
+
+@pytest.mark.parametrize(
+    ("endless", "error", "message"),
+    [
+        (
+            Endless(status=500, head=b'{"error": "' + b"x" * 100_000),
+            BackendServerError,
+            "^HTTP 500",
+        ),
+        (
+            Endless(head=b'{"version": "' + b"0" * 1024 * 1024),
+            BadResponse,
+            "^answer larger than 1024 KiB$",
+        ),
+    ],
+)
+async def test_version_answer_is_read_only_up_to_a_limit(
+    fake: FakeOllama,
+    make: Make,
+    endless: Endless,
+    error: type[BackendError],
+    message: str,
+) -> None:
+    fake.endless["/api/version"] = endless
+
+    with pytest.raises(error, match=message):
+        await make(fake.url, connect_timeout=1.0).probe()
 
 
 async def test_unexpected_failure_is_a_bad_response(

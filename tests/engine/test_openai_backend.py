@@ -37,7 +37,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.openai import OpenAIBackend
-from tests.fakes.base import Reply, closed_port_url, unanswered_url
+from tests.fakes.base import Endless, Reply, closed_port_url, unanswered_url
 from tests.fakes.openai_server import FakeOpenAI
 
 ASK = ChatRequest(messages=(ChatMessage("user", "Turn on the kitchen light"),))
@@ -632,6 +632,40 @@ async def test_malformed_chunk_is_bad_response(
 
     with pytest.raises(BadResponse, match="malformed"):
         await collect(backend(session, fake.url))
+
+
+MIB = 1024 * 1024
+
+
+async def test_overlong_stream_line_is_bad_response(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    fake.script(Reply(text="x" * MIB))
+
+    with pytest.raises(BadResponse, match="stream line longer than 1024 KiB"):
+        await collect(backend(session, fake.url))
+
+
+async def test_error_body_is_read_only_up_to_a_limit(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """A server that sends an endless error body does not hold the request."""
+    fake.endless["/v1/chat/completions"] = Endless(
+        status=500, head=b'{"error": {"message": "' + b"x" * 100_000
+    )
+
+    async with asyncio.timeout(10):  # a bound on a hang, not a measurement
+        with pytest.raises(BackendServerError, match="HTTP 500"):
+            await collect(backend(session, fake.url))
+
+
+async def test_model_list_larger_than_a_mebibyte_is_bad_response(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    fake.endless["/v1/models"] = Endless(head=b'{"data": [' + b" " * MIB)
+
+    with pytest.raises(BadResponse, match="larger than 1024 KiB"):
+        await backend(session, fake.url, stall_timeout=1.0).list_models()
 
 
 async def test_never_answering_server_is_cancelled_by_outer_deadline(

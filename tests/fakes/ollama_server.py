@@ -111,6 +111,8 @@ class FakeOllama(FakeServer):
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         await self.record(request)
+        if (endless := await self.endless_response(request)) is not None:
+            return endless
         if self.api_key is not None and (
             request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):

@@ -127,6 +127,8 @@ class FakeOpenAI(FakeServer):
         self, request: web.Request, handler: _Handler
     ) -> web.StreamResponse:
         await self.record(request)
+        if (endless := await self.endless_response(request)) is not None:
+            return endless
         public = {"/health", f"{self.api}/models"} if self.llama_cpp else set()
         if (
             self.api_key is not None

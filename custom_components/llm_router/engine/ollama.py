@@ -40,6 +40,7 @@ from .errors import (
     CapabilityUnsupported,
     ModelNotFound,
 )
+from .limits import MAX_ERROR_BODY, MAX_METADATA, read_at_most, read_whole
 from .models import (
     BackendConfig,
     Capability,
@@ -126,10 +127,12 @@ class OllamaBackend(Backend):
                 timeout=timeout,
                 ssl=self._verify,
             ) as response:
-                text = await response.text(errors="replace")
                 if response.status != 200:
-                    raise ollama.ResponseError(text, response.status)
-                version = _version(text)
+                    error = await read_at_most(response, MAX_ERROR_BODY)
+                    raise ollama.ResponseError(
+                        error.decode(errors="replace"), response.status
+                    )
+                version = _version(await read_whole(response, MAX_METADATA))
         running = await self._metadata(self._client.ps())
         return ProbeResult(
             version=version,
@@ -296,8 +299,8 @@ def _short(text: str) -> str:
     return lines[0][:200] if lines else ""
 
 
-def _version(text: str) -> str:
-    data = json.loads(text)
+def _version(body: bytes) -> str:
+    data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("version"), str):
         raise BadResponse("no version in the /api/version answer")
     return str(data["version"])

@@ -33,6 +33,7 @@ from .errors import (
     CapabilityUnsupported,
     ModelNotFound,
 )
+from .limits import MAX_ERROR_BODY, MAX_LINE, MAX_METADATA, read_at_most, read_whole
 from .models import (
     BackendConfig,
     ChatMessage,
@@ -137,7 +138,7 @@ class OpenAIBackend(Backend):
 
     async def _listing(self) -> _Listing:
         async with self._call("GET", "/models", read_timeout=True) as response:
-            answer = await response.read()
+            answer = await read_whole(response, MAX_METADATA)
         try:
             data = json.loads(answer)["data"]
             return _Listing(
@@ -224,7 +225,8 @@ class OpenAIBackend(Backend):
                 timeout=timeout,
             ) as response:
                 if response.status >= 400:
-                    text = await response.text(errors="replace")
+                    error = await read_at_most(response, MAX_ERROR_BODY)
+                    text = error.decode(errors="replace")
                     raise _status_error(
                         response.status,
                         _error_text(_parse(text)),
@@ -326,15 +328,27 @@ def _error_text(body: Any) -> str:
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """Lines of a byte stream, however the network split it.
 
-    A CR of a CRLF ending stays; callers strip what they parse.
+    A CR of a CRLF ending stays; callers strip what they parse. A line longer
+    than MAX_LINE is a BadResponse rather than memory held without bound.
     """
-    pending = b""
+    pending = bytearray()
     async for data in content.iter_any():
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            yield line
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pending += data[start:end]
+            _check_line(pending)
+            yield bytes(pending)
+            pending.clear()
+            start = end + 1
+        pending += data[start:]
+        _check_line(pending)
     if pending:  # the last line may lack its newline
-        yield pending
+        yield bytes(pending)
+
+
+def _check_line(line: bytearray) -> None:
+    if len(line) > MAX_LINE:
+        raise BadResponse(f"stream line longer than {MAX_LINE // 1024} KiB")
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
