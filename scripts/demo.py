@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     Server,
     add_backend,
     ask_action,
+    check_no_reports,
     converse,
     create_router,
     integration_states,
@@ -105,6 +106,9 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         for item in integration_states(hass):
             unit = item["attributes"].get("unit_of_measurement") or ""
             print(f"    {item['entity_id']}: {_rounded(item['state'])} {unit}".rstrip())
+
+    with step("Checking Home Assistant's log for reports naming llm_router"):
+        check_no_reports(hass_server)
 
     if keep:
         print(

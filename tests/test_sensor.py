@@ -68,7 +68,9 @@ async def test_entities(
         assert hass.states.get(entity_entry.entity_id) == snapshot(
             name=f"{entity_entry.entity_id}-state"
         )
-    pi_device = device_registry.async_get_device(identifiers={("llm_router", "pi")})
+    pi_device = device_registry.async_get_device_by_identifier(
+        ("llm_router", "pi"), entry.entry_id
+    )
     assert pi_device is not None
     assert (pi_device.name, pi_device.model, pi_device.manufacturer) == (
         "Pi",
@@ -77,8 +79,13 @@ async def test_entities(
     )
     assert pi_device.sw_version == "0.12.6"
     assert pi_device.configuration_url == pi_server.url
-    assert pi_device.config_entries_subentries[entry.entry_id] == {"pi"}
-    router = device_registry.async_get_device(identifiers={("llm_router", "router")})
+    assert (pi_device.config_entry_id, pi_device.config_subentry_id) == (
+        entry.entry_id,
+        "pi",
+    )
+    router = device_registry.async_get_device_by_identifier(
+        ("llm_router", "router"), entry.entry_id
+    )
     assert router is not None
     assert pi_device.via_device_id == router.id
     # The router's device exists before any backend's names it as its hub.
@@ -89,13 +96,14 @@ async def test_entities(
 async def test_values_after_a_fallback_turn(
     hass: HomeAssistant, pi_server: FakeOllama
 ) -> None:
-    await setup_router(
+    entry = await setup_router(
         hass,
         router_entry(
             backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
             backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
         ),
     )
+    await probe_backends(hass, entry)
     # Known server-side numbers: 93 tokens in 10.7 s, 412 prompt tokens in 0.8 s.
     pi_server.script(
         Reply(

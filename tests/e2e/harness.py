@@ -29,6 +29,7 @@ import aiohttp
 from homeassistant.util import slugify
 
 from tests.fakes.base import free_port
+from tests.reports import reports_in
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "llm_router"
@@ -264,6 +265,17 @@ def start_hass(
     )
 
 
+def check_no_reports(server: Server) -> None:
+    """Fail when Home Assistant's log reports deprecated or blocking use by us."""
+    with server.log.open(errors="replace") as log:
+        if reports := reports_in(log):
+            raise HarnessError(
+                "Home Assistant reported llm_router:\n"
+                + "\n".join(reports)
+                + f"\nsee {server.log}"
+            )
+
+
 @dataclass
 class HassClient:
     """Home Assistant's REST API, as an administrator once onboarded."""
@@ -312,8 +324,13 @@ class HassClient:
         except ValueError:
             return text
 
-    def websocket(self, command: Mapping[str, Any], *, timeout: float = 30.0) -> Any:
-        """Send one command over the WebSocket API; its result."""
+    def websocket(
+        self, command: Mapping[str, Any], *, events: int = 0, timeout: float = 30.0
+    ) -> Any:
+        """Send one command over the WebSocket API; its result.
+
+        With events, a subscription: the result and that many event messages.
+        """
 
         async def exchange() -> Any:
             url = self.server.url.replace("http", "ws", 1) + "/api/websocket"
@@ -327,12 +344,15 @@ class HassClient:
                     raise HarnessError(f"WebSocket auth: {reply}")
                 await socket.send_json({"id": 1, **command})
                 reply = await socket.receive_json()
+                received = [
+                    (await socket.receive_json())["event"] for _ in range(events)
+                ]
             if not reply.get("success"):
                 raise HarnessError(
                     f"WebSocket {command['type']}: {reply.get('error')}; "
                     f"see {self.server.log}"
                 )
-            return reply.get("result")
+            return (reply.get("result"), received) if events else reply.get("result")
 
         # A loop of its own: asyncio.run would reset the thread's loop, which
         # the Home Assistant test plugin's fixtures still use.
@@ -614,15 +634,29 @@ def converse(
 
 
 def ask_action(
-    client: HassClient, router: Router, text: str, *, timeout: float = 180.0
+    client: HassClient,
+    router: Router,
+    text: str,
+    *,
+    timeout: float = 180.0,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Call llm_router.ask through the REST API; its response data."""
     result = client.post(
         "/api/services/llm_router/ask?return_response",
-        {"text": text, "config_entry_id": router.entry_id},
+        {"text": text, "config_entry_id": router.entry_id, **fields},
         timeout=timeout,
     )
     return dict(result["service_response"])
+
+
+def chat_log(client: HassClient, conversation_id: str) -> list[dict[str, Any]]:
+    """The content of a conversation's chat log (Home Assistant 2026.11+)."""
+    _, (initial,) = client.websocket(
+        {"type": "conversation/chat_log/subscribe", "conversation_id": conversation_id},
+        events=1,
+    )
+    return list(initial["data"]["content"])
 
 
 def last_attempts(client: HassClient, router: Router) -> dict[str, dict[str, Any]]:

@@ -20,11 +20,13 @@ import pytest
 from tests.e2e.harness import (
     LLM_MODEL,
     BackendSpec,
+    HarnessError,
     HassClient,
     Router,
     Server,
     add_backend,
     ask_action,
+    chat_log,
     converse,
     create_router,
     entry_state,
@@ -173,7 +175,8 @@ def test_router_unloaded_and_reloaded_over_websocket(
 
     hass.websocket({**disable, "disabled_by": "user"})
     assert entry_state(hass, router) == "not_loaded"
-    assert state_value(hass, router.agent_id) == "unavailable"
+    # Disabled with its entry, the agent's entity has no state at all.
+    assert state_value(hass, router.agent_id) is None
 
     hass.websocket({**disable, "disabled_by": None})
     assert entry_state(hass, router) == "loaded"
@@ -193,3 +196,24 @@ def test_ask_action_reports_the_fallback(hass: HassClient, setup: Setup) -> None
     assert response["attempts"][-1]["outcome"] == "ok"
     assert response["generation_speed"] > 0
     assert response["time_to_first_token"] > 0
+
+
+def test_failure_sentence_is_all_the_chat_log_says(
+    hass: HassClient, setup: Setup
+) -> None:
+    # Home Assistant 2026.11's chat log adds "Error: ..." for an exception that
+    # leaves a turn, and "(no response)" for a turn that added nothing.
+    conversation_id = "e2e-all-backends-down"
+    with pytest.raises(HarnessError, match="None of the language model servers"):
+        ask_action(
+            hass,
+            setup.router,
+            "Is anyone there?",
+            backend="GPU server",
+            conversation_id=conversation_id,
+        )
+
+    content = chat_log(hass, conversation_id)
+    assert [item["role"] for item in content[-2:]] == ["user", "assistant"]
+    assert content[-1]["content"].startswith("None of the language model servers")
+    assert "GPU server" in content[-1]["content"]
