@@ -14,6 +14,7 @@ import pytest
 
 from custom_components.llm_router.engine.errors import (
     AuthFailed,
+    BackendClosed,
     BackendError,
     BackendServerError,
     BackendTimeout,
@@ -750,8 +751,9 @@ async def test_close_keeps_the_shared_session(
     await target.close()
 
     assert not session.closed
-    with pytest.raises(BadResponse, match="closed"):
-        await collect(target)
+    for call in (collect(target), target.probe(), target.list_models()):
+        with pytest.raises(BackendClosed, match=r"^closed$"):
+            await call
 
 
 async def test_fake_answers_whole_messages_without_streaming(

@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     BAD_REQUEST = "bad_request"
     AUTH_FAILED = "auth_failed"
     CIRCUIT_OPEN = "circuit_open"
+    CLOSED = "closed"
 
 
 class BackendError(Exception):
@@ -71,6 +72,12 @@ class BadResponse(BackendError):
     """Malformed JSON or SSE, an unexpected status, or a truncated stream."""
 
     kind = ErrorKind.BAD_RESPONSE
+
+
+class BackendClosed(BackendError):
+    """The backend was closed (reload, removal, shutdown) before it answered."""
+
+    kind = ErrorKind.CLOSED
 
 
 class BadRequest(BackendError):

@@ -7,8 +7,9 @@ shared aiohttp session (never closed here), then /api/ps for what is loaded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from functools import partial
 import json
 import logging
 import os
@@ -106,7 +107,11 @@ class OllamaBackend(Backend):
             # Closed here, not by the garbage collector, so that nothing of
             # the request outlives the answer.
             async with aclosing(cast(AsyncGenerator[ollama.ChatResponse], stream)):
-                async for part in stream:
+                while True:
+                    async with self._until_closed():
+                        part = await anext(stream, None)
+                    if part is None:
+                        break
                     failures.answering = True
                     for event in _events(part.message):
                         yield event
@@ -121,19 +126,22 @@ class OllamaBackend(Backend):
             connect=self.config.connect_timeout, sock_read=self.config.connect_timeout
         )
         with _Failures(self.config, model_call=False):
-            async with self._session.get(
-                str(self._base_url / "api" / "version"),
-                headers=self._headers,
-                timeout=timeout,
-                ssl=self._verify,
-            ) as response:
+            async with (
+                self._until_closed(),
+                self._session.get(
+                    str(self._base_url / "api" / "version"),
+                    headers=self._headers,
+                    timeout=timeout,
+                    ssl=self._verify,
+                ) as response,
+            ):
                 if response.status != 200:
                     error = await read_at_most(response, MAX_ERROR_BODY)
                     raise ollama.ResponseError(
                         error.decode(errors="replace"), response.status
                     )
                 version = _version(await read_whole(response, MAX_METADATA))
-        running = await self._metadata(self._client.ps())
+        running = await self._metadata(self._client.ps)
         return ProbeResult(
             version=version,
             loaded_models=tuple(
@@ -150,13 +158,13 @@ class OllamaBackend(Backend):
 
     async def list_models(self) -> list[str]:
         """Names of the installed models, from /api/tags."""
-        listing = await self._metadata(self._client.list())
+        listing = await self._metadata(self._client.list)
         return [model.model for model in listing.models if model.model]
 
     async def model_details(self) -> ModelDetails:
         """Capabilities from /api/show; None when the server does not say."""
         shown = await self._metadata(
-            self._client.show(self.config.model), model_call=True
+            partial(self._client.show, self.config.model), model_call=True
         )
         if shown.capabilities is None:
             return ModelDetails(capabilities=None)
@@ -171,14 +179,17 @@ class OllamaBackend(Backend):
         await self.model_details()
 
     async def close(self) -> None:
-        """Close the ollama client's connections."""
+        """End the requests in flight and close the ollama client."""
+        await super().close()
         await self._client.close()  # type: ignore[no-untyped-call]
 
-    async def _metadata[T](self, call: Awaitable[T], *, model_call: bool = False) -> T:
+    async def _metadata[T](
+        self, call: Callable[[], Awaitable[T]], *, model_call: bool = False
+    ) -> T:
         """Await a cheap request, bounded by the stall timeout."""
         with _Failures(self.config, model_call=model_call):
-            async with asyncio.timeout(self.config.stall_timeout):
-                return await call
+            async with self._until_closed(), asyncio.timeout(self.config.stall_timeout):
+                return await call()
 
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         config = self.config

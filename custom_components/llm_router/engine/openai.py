@@ -8,7 +8,7 @@ and never closed here.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 import json
@@ -89,9 +89,18 @@ class OpenAIBackend(Backend):
         body = self._chat_body(request)
         _LOGGER.debug("%s: chat request %s", self.name, body)
         async with AsyncExitStack() as stack:
-            response = await self._send_chat(stack, body)
+            async with self._until_closed():
+                response = await self._send_chat(stack, body)
             stream = _Stream(self.config.api_key)
-            async for line in _lines(response.content):
+            lines = await stack.enter_async_context(aclosing(_lines(response.content)))
+            while True:
+                async with self._until_closed():
+                    line = await anext(lines, None)
+                if line is None:
+                    # Some servers close after the finish_reason without [DONE].
+                    if not stream.finished:
+                        raise BadResponse("stream ended before [DONE]")
+                    break
                 if not line.startswith(b"data:"):
                     continue  # blank separators, ": keep-alive" comments, fields
                 payload = line.removeprefix(b"data:").strip()
@@ -99,10 +108,6 @@ class OpenAIBackend(Backend):
                     break
                 for event in stream.feed(payload):
                     yield event
-            else:
-                # Some servers close after the finish_reason without [DONE].
-                if not stream.finished:
-                    raise BadResponse("stream ended before [DONE]")
         for event in stream.finish():
             yield event
 
@@ -137,7 +142,10 @@ class OpenAIBackend(Backend):
         return listing or await self._listing()
 
     async def _listing(self) -> _Listing:
-        async with self._call("GET", "/models", read_timeout=True) as response:
+        async with (
+            self._until_closed(),
+            self._call("GET", "/models", read_timeout=True) as response,
+        ):
             answer = await read_whole(response, MAX_METADATA)
         try:
             data = json.loads(answer)["data"]
@@ -325,7 +333,7 @@ def _error_text(body: Any) -> str:
     return str(body)[:200]
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[bytes]:
     """Lines of a byte stream, however the network split it.
 
     A CR of a CRLF ending stays; callers strip what they parse. A line longer
