@@ -216,6 +216,7 @@ async def test_stats_come_from_the_final_chunk_in_seconds(
         prompt_seconds=0.5,
         generation_seconds=2.0,
         load_seconds=1.25,
+        output_chunks=4,
     )
     assert isinstance(stats, ServerStats)
     assert stats.completion_tokens is not None
@@ -231,7 +232,7 @@ async def test_final_chunk_without_statistics(fake: FakeOllama, make: Make) -> N
 
     events = await collect(make(fake.url))
 
-    assert events == [TextDelta("Hi"), ServerStats()]
+    assert events == [TextDelta("Hi"), ServerStats(output_chunks=1)]
 
 
 # What the backend sends

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 import math
 from typing import Any
 
@@ -101,7 +102,9 @@ async def test_streams_text_then_usage_stats(
     assert [type(event) for event in events] == [TextDelta] * 4 + [ServerStats]
     assert text_of(events, TextDelta) == "The light is on."
     # Token counts only: the router measures durations itself.
-    assert events[-1] == ServerStats(prompt_tokens=31, completion_tokens=6)
+    assert events[-1] == ServerStats(
+        prompt_tokens=31, completion_tokens=6, output_chunks=4
+    )
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
@@ -193,7 +196,25 @@ async def test_stats_unknown_when_the_server_reports_none(
     async with FakeOpenAI(usage_in_stream=False) as server:
         events = await collect(backend(session, server.url))
 
-    assert events[-1] == ServerStats()
+    assert events[-1] == ServerStats(output_chunks=4)
+
+
+@pytest.mark.parametrize(
+    ("reply", "chunks"),
+    [
+        (Reply(thinking="Hmm, the light.", text="Done."), 4),
+        (Reply(text="", tool_calls=[LIGHT_ON]), 5),  # the name, 4 argument pieces
+    ],
+)
+async def test_output_chunks_count_chunks_not_events(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, reply: Reply, chunks: int
+) -> None:
+    fake.script(reply)
+
+    events = await collect(backend(session, fake.url))
+
+    assert isinstance(events[-1], ServerStats)
+    assert events[-1].output_chunks == chunks
 
 
 async def test_request_body(fake: FakeOpenAI, session: aiohttp.ClientSession) -> None:
@@ -576,7 +597,9 @@ async def test_complete_answer_however_the_stream_ends(
         events = await collect(backend(session, server.url))
 
     assert text_of(events, TextDelta) == "All done."
-    assert events[-1] == ServerStats(prompt_tokens=5, completion_tokens=2)
+    assert events[-1] == ServerStats(
+        prompt_tokens=5, completion_tokens=2, output_chunks=2
+    )
 
 
 async def test_stream_closed_before_its_finish_reason_is_bad_response(
@@ -622,7 +645,7 @@ async def test_usage_and_timings_in_unexpected_shapes_are_unknown(
         events = await collect(backend(session, fake.url))
 
     assert text_of(events, TextDelta) == "Hello from the fake."
-    assert events[-1] == stats
+    assert events[-1] == replace(stats, output_chunks=4)
 
 
 async def test_malformed_chunk_is_bad_response(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from dataclasses import replace
 from functools import partial
 import json
 import logging
@@ -100,6 +101,7 @@ class OllamaBackend(Backend):
         arguments = self._chat_arguments(request)
         _LOGGER.debug("%s: chat request %s", self.name, arguments)
         failures = _Failures(self.config, model_call=True)
+        output_chunks = 0
         with failures:
             # The client sends the request when the stream is first iterated,
             # so connection errors surface in the loop.
@@ -113,10 +115,12 @@ class OllamaBackend(Backend):
                     if part is None:
                         break
                     failures.answering = True
-                    for event in _events(part.message):
+                    events = list(_events(part.message))
+                    output_chunks += bool(events)
+                    for event in events:
                         yield event
                     if part.done:
-                        yield _stats(part)
+                        yield replace(_stats(part), output_chunks=output_chunks)
                         return
             raise BadResponse("answer ended before its final chunk")
 

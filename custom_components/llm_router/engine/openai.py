@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 import json
 import logging
@@ -414,6 +414,7 @@ class _Stream:
         self._calls: dict[int, _PartialCall] = {}
         self._timings: ServerStats | None = None
         self._usage: ServerStats | None = None
+        self._output_chunks = 0
         self.finished = False
         """Whether a finish_reason came: the answer is complete."""
 
@@ -444,7 +445,10 @@ class _Stream:
                 )
             events: list[StreamEvent] = []
             for choice in chunk.get("choices") or ():
-                events += self._delta(choice.get("delta") or {})
+                delta = choice.get("delta") or {}
+                output = self._delta(delta)
+                self._output_chunks += bool(output or delta.get("tool_calls"))
+                events += output
                 self.finished = self.finished or bool(choice.get("finish_reason"))
             return events
         except (ValueError, LookupError, AttributeError, TypeError) as err:
@@ -474,7 +478,8 @@ class _Stream:
         events: list[StreamEvent] = []
         if self._calls:
             events.append(ToolCallDelta(tuple(map(_tool_call, self._calls.values()))))
-        events.append(self._timings or self._usage or ServerStats())
+        stats = self._timings or self._usage or ServerStats()
+        events.append(replace(stats, output_chunks=self._output_chunks))
         return events
 
 
