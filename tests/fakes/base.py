@@ -197,6 +197,8 @@ class FakeServer:
         self.requests: list[dict[str, Any]] = []
         # Paths answered with an Endless response instead of the handler.
         self.endless: dict[str, Endless] = {}
+        # Picks the reply from the request body, for concurrent requests.
+        self.choose_reply: Callable[[Any], Reply] | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
         # Serve HTTPS with this context when set before start().
@@ -245,8 +247,14 @@ class FakeServer:
         endless = self.endless.get(request.path)
         return None if endless is None else await endless.send(request)
 
-    def next_reply(self) -> Reply:
-        """The reply for the chat request being served."""
+    def next_reply(self, body: Any) -> Reply:
+        """The reply for the chat request being served.
+
+        choose_reply picks it when set; else the next scripted one, else the
+        default.
+        """
+        if self.choose_reply is not None:
+            return self.choose_reply(body)
         return self.replies.popleft() if self.replies else self.default_reply
 
     async def start(self, port: int = 0) -> None:

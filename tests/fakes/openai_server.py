@@ -231,7 +231,7 @@ class FakeOpenAI(FakeServer):
             )
         if self.llama_cpp and body.get("tools") and not self.jinja:
             return self._error(500, "tools param requires --jinja flag")
-        reply = self.next_reply()
+        reply = self.next_reply(body)
         if reply.status != 200:
             return self._error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, self.reasoning_field, self.tool_call_index)
