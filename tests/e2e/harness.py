@@ -28,7 +28,7 @@ import urllib.request
 import aiohttp
 from homeassistant.util import slugify
 
-from tests.fakes.base import free_port
+from tests.fakes.base import closed_port_url, free_port
 from tests.reports import reports_in
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,19 +188,28 @@ def start_llm_server(
     )
 
 
+def chat_completions_served(server: Server) -> int:
+    """Chat completions the LLM server has answered so far (its access log)."""
+    log = server.log.read_text(errors="replace")
+    return log.count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
 # Home Assistant
 
 _CONFIGURATION = """\
-# Only what the LLM router needs (no default_config: nothing reaches the
-# network and no requirement is missing).
+# Only what the LLM router and the frontend's screens for it need (no
+# default_config: nothing reaches the network and no requirement is missing).
+# Home Assistant sets up the frontend itself.
 homeassistant:
   name: LLM Router
+  country: GB
   time_zone: UTC
   unit_system: metric
 http:
   server_host: 127.0.0.1
   server_port: {port}
 api:
+assist_pipeline:
 config:
 conversation:
 diagnostics:
@@ -212,11 +221,26 @@ logger:
     custom_components.llm_router: debug
 """
 
+# Onboarding's location step is done before the first start: configuration.yaml
+# holds the location, and finishing the step would start the config flows of
+# met, google_translate, radio_browser and shopping_list, which need the
+# network or requirements this Home Assistant does not have.
+_ONBOARDING_STORE = {
+    "version": 4,
+    "minor_version": 1,
+    "key": "onboarding",
+    "data": {"done": ["core_config"]},
+}
+
 
 def write_hass_config(config_dir: Path, port: int) -> None:
     """A minimal configuration.yaml, and the integration linked in."""
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "configuration.yaml").write_text(_CONFIGURATION.format(port=port))
+    onboarding = config_dir / ".storage" / "onboarding"
+    if not onboarding.exists():
+        onboarding.parent.mkdir(exist_ok=True)
+        onboarding.write_text(json.dumps(_ONBOARDING_STORE))
     link_integration(config_dir)
 
 
@@ -385,7 +409,13 @@ class Credentials:
 
 
 def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> None:
-    """Create the owner as a new install's first screen does; log in as them."""
+    """Finish onboarding as a new install's screens do; log in as the owner.
+
+    The owner is created, analytics stay off, and the HTTP settings that
+    Home Assistant moved from configuration.yaml to its storage are
+    confirmed, as the dialog the frontend shows asks; unconfirmed, they are
+    reverted five minutes after the start, with a restart on 0.0.0.0:8123.
+    """
     client_id = client.server.url + "/"
     code = client.post(
         "/api/onboarding/users",
@@ -408,6 +438,12 @@ def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> Non
         },
     )
     client.token = tokens["access_token"]
+    client.post("/api/onboarding/analytics")
+    client.post(
+        "/api/onboarding/integration",
+        {"client_id": client_id, "redirect_uri": client_id + "?auth_callback=1"},
+    )
+    client.websocket({"type": "http/config/promote"})
     wait_until(
         lambda: client.get("/api/config").get("state") == "RUNNING",
         timeout=timeout,
@@ -472,6 +508,23 @@ class Router:
     def fallbacks_id(self) -> str:
         """The sensor counting turns not served by the first choice."""
         return f"sensor.{self.slug}_fallbacks"
+
+
+def pi_backend(llm: Server) -> BackendSpec:
+    """The demo's Pi: the LLM server, second choice."""
+    return BackendSpec("Pi", "openai", llm.url, LLM_MODEL, priority=2)
+
+
+def gpu_backend_down() -> BackendSpec:
+    """The demo's GPU server: first choice, switched off (nothing listens)."""
+    return BackendSpec(
+        "GPU server",
+        "openai",
+        closed_port_url(),
+        "qwen3-8b",
+        priority=1,
+        skip_check=True,
+    )
 
 
 FLOW = "/api/config/config_entries/flow"
@@ -597,6 +650,40 @@ def reload_router(client: HassClient, router: Router) -> None:
 def remove_router(client: HassClient, router: Router) -> None:
     """Delete the router's entry."""
     client.request("DELETE", f"/api/config/config_entries/entry/{router.entry_id}")
+
+
+def prefer_in_assist(client: HassClient, router: Router) -> str:
+    """Make an Assist pipeline for the router the preferred one; its id.
+
+    The pipeline is named after the router and sends every sentence to it;
+    the Assist dialog opens with the preferred pipeline.
+    """
+    pipeline = client.websocket(
+        {
+            "type": "assist_pipeline/pipeline/create",
+            "name": router.name,
+            "language": "en",
+            "conversation_engine": router.agent_id,
+            # What the frontend's editor sets for an agent of any language.
+            "conversation_language": "*",
+            # Not even "turn on the light" goes to Home Assistant's intents first.
+            "prefer_local_intents": False,
+            "stt_engine": None,
+            "stt_language": None,
+            "tts_engine": None,
+            "tts_language": None,
+            "tts_voice": None,
+            "wake_word_entity": None,
+            "wake_word_id": None,
+        }
+    )
+    client.websocket(
+        {
+            "type": "assist_pipeline/pipeline/set_preferred",
+            "pipeline_id": pipeline["id"],
+        }
+    )
+    return str(pipeline["id"])
 
 
 @dataclass(frozen=True)

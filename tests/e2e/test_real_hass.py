@@ -19,7 +19,6 @@ import pytest
 
 from tests.e2e.harness import (
     LLM_MODEL,
-    BackendSpec,
     HarnessError,
     HassClient,
     Router,
@@ -30,12 +29,13 @@ from tests.e2e.harness import (
     converse,
     create_router,
     entry_state,
+    gpu_backend_down,
+    pi_backend,
     reload_router,
     remove_router,
     state,
     state_value,
 )
-from tests.fakes.base import closed_port_url
 
 pytestmark = pytest.mark.e2e
 
@@ -54,21 +54,11 @@ class Setup:
 @pytest.fixture
 def setup(hass: HassClient, llm_server: Server) -> Iterator[Setup]:
     """A new router: Pi (priority 2), then GPU server (priority 1, down)."""
-    router = create_router(
-        hass,
-        next(_names),
-        BackendSpec("Pi", "openai", llm_server.url, LLM_MODEL, priority=2),
-    )
+    router = create_router(hass, next(_names), pi_backend(llm_server))
     try:
-        gpu_url = closed_port_url()
-        add_backend(
-            hass,
-            router,
-            BackendSpec(
-                "GPU server", "openai", gpu_url, "qwen3-8b", priority=1, skip_check=True
-            ),
-        )
-        yield Setup(router, gpu_url)
+        gpu = gpu_backend_down()
+        add_backend(hass, router, gpu)
+        yield Setup(router, gpu.url)
     finally:
         remove_router(hass, router)
 
