@@ -90,6 +90,9 @@ class ScriptedBackend(Backend):
     async def list_models(self) -> list[str]:
         return ["m"]
 
+    async def check_model(self) -> None:
+        return None
+
     async def model_details(self) -> ModelDetails:
         return ModelDetails(self.capabilities)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import ClassVar
 
-from .errors import BackendClosed, ModelNotFound
+from .errors import BackendClosed
 from .models import BackendConfig, ChatRequest, ModelDetails, ProbeResult, StreamEvent
 
 
@@ -55,14 +55,9 @@ class Backend(ABC):
     async def model_details(self) -> ModelDetails:
         """Capabilities of the configured model."""
 
+    @abstractmethod
     async def check_model(self) -> None:
-        """Raise ModelNotFound unless the server offers the configured model.
-
-        A server that lists no models (one serving whatever it loaded) passes.
-        """
-        models = await self.list_models()
-        if models and self.config.model not in models:
-            raise ModelNotFound(f"model '{self.config.model}' not found")
+        """Raise ModelNotFound unless the server offers the configured model."""
 
     async def close(self) -> None:
         """End the requests in flight and refuse new ones (BackendClosed).

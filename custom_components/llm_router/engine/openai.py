@@ -128,7 +128,7 @@ class OpenAIBackend(Backend):
         """Raise ModelNotFound unless the server lists the configured model.
 
         llama-server lists its one model by file path or alias and answers
-        under any name: it always passes.
+        under any name: it always passes, as does a server listing none.
         """
         listing = await self._latest_listing()
         if listing.llama_cpp or not listing.models:
