@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -201,6 +202,10 @@ def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+CONNECTION_TEST_TIMEOUT = 20.0
+"""Seconds a connection test may take, however slowly a server answers."""
+
+
 def _url_errors(server: dict[str, Any]) -> dict[str, str]:
     """Normalize the server's URL in place; form errors when it is unusable."""
     try:
@@ -220,11 +225,12 @@ async def _async_check_server(
         return errors, []
     backend = create_backend(hass, backend_config(server))
     try:
-        await backend.probe()
-        models = await backend.list_models()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.probe()
+            models = await backend.list_models()
     except AuthFailed:
         return {"base": "invalid_auth"}, []
-    except BackendError:
+    except BackendError, TimeoutError:
         return {"base": "cannot_connect"}, []
     finally:
         await backend.close()
@@ -244,12 +250,13 @@ async def _async_check_model(
         return {}
     backend = create_backend(hass, backend_config(data))
     try:
-        await backend.check_model()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.check_model()
     except ModelNotFound:
         return {CONF_MODEL: "model_not_found"}
     except AuthFailed:
         return {"base": "invalid_auth"}
-    except BackendError:
+    except BackendError, TimeoutError:
         return {"base": "cannot_connect"}
     finally:
         await backend.close()
