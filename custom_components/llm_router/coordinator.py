@@ -12,7 +12,7 @@ from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, LOGGER, REAUTH_SUBENTRY_ID
 from .downtime import Downtime
-from .engine.errors import AuthFailed, BackendError, ModelNotFound
+from .engine.errors import BackendError, ModelNotFound
 from .engine.router import Router
 from .engine.urls import without_credentials
 from .issues import model_missing_issue_id, unreachable_issue_id
@@ -118,8 +118,6 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
                 ir.IssueSeverity.ERROR,
                 model=state.config.model,
             )
-        except AuthFailed as err:
-            self.router.record_auth_failure(self.backend_name, err)
         except BackendError:
             return  # cannot tell now; the next probe asks again
         else:

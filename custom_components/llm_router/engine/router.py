@@ -227,10 +227,6 @@ class Router:
         self._breaker_failure(state, error)
         self._changed()
 
-    def record_auth_failure(self, name: str, error: AuthFailed) -> None:
-        """Note a key the server rejected on a call of the caller's own."""
-        self._record_probe_failure(self.states[name], error)
-
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
         if isinstance(error, AuthFailed):
