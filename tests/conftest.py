@@ -121,7 +121,9 @@ async def setup_router(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfi
     await async_setup_component(hass, "homeassistant", {})
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    # Setup's first health checks run in the background; a test that stops
+    # a fake while one still talks to it would race it.
+    await hass.async_block_till_done(wait_background_tasks=True)
     return entry
 
 
