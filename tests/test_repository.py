@@ -87,13 +87,16 @@ ENTITY_IDS = {
         f"{entity}.{backend}_{key}"
         for backend in ("pi", "gpu_server")
         for entity, key in (
-            ("binary_sensor", "online"),
+            ("binary_sensor", "connection"),
             ("sensor", "generation_speed"),
             ("sensor", "prompt_speed"),
             ("sensor", "time_to_first_token"),
             ("sensor", "response_time"),
-            ("sensor", "requests"),
-            ("sensor", "failures"),
+            ("sensor", "requests_sent"),
+            ("sensor", "failed_requests"),
+            ("sensor", "skipped_requests"),
+            ("sensor", "failed_health_checks"),
+            ("sensor", "last_error"),
         )
     ),
 }
@@ -1255,7 +1258,7 @@ async def test_gpu_offline_example_notifies_outages_not_blips(
         hass, "automation", {"automation": example("automation_gpu_offline.yaml")}
     )
     coordinator = router.runtime_data.coordinators["GPU server"]
-    online = "binary_sensor.gpu_server_online"
+    online = "binary_sensor.gpu_server_connection"
 
     async def switch(on: bool) -> None:
         if on:
