@@ -502,6 +502,15 @@ def test_strings_are_well_formed() -> None:
         assert all(name.isidentifier() for name in fields_of(value)), where
 
 
+# A URL with a host, not inside backticks: the frontend renders it as a link.
+RE_BARE_URL = re.compile(r"(?<!`)https?://[^\s`]+")
+
+
+def test_example_urls_are_code_not_links() -> None:
+    for path, value in leaves(strings()):
+        assert not RE_BARE_URL.search(value), ".".join(path)
+
+
 type Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
