@@ -10,12 +10,12 @@ from homeassistant.components import conversation
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers import chat_session, intent, llm
 from homeassistant.util import dt as dt_util
+import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
 )
-import voluptuous as vol
 
 from custom_components.llm_router.engine.breaker import BreakerState
 from tests.conftest import backend, router_entry, setup_router, until
@@ -214,11 +214,14 @@ async def test_drop_mid_answer_ends_with_what_was_said(
 
 
 class LampTool(llm.Tool):
-    """A tool that records its calls."""
+    """A tool that records its calls.
 
-    name = "turn_on_lamp"
+    Named like Home Assistant's own tools, which carry their domain.
+    """
+
+    name = "intent__HassTurnOn"
     description = "Turn on the lamp in a room"
-    parameters = vol.Schema({vol.Required("room"): str})
+    parameters = probatio.Schema({probatio.Required("room"): str})
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -228,9 +231,9 @@ class LampTool(llm.Tool):
         hass: HomeAssistant,
         tool_input: llm.ToolInput,
         llm_context: llm.LLMContext,
-    ) -> dict[str, Any]:
+    ) -> llm.ToolResult:
         self.calls.append(tool_input.tool_args)
-        return {"success": True}
+        return llm.ToolResult({"success": True})
 
 
 class LampAPI(llm.API):
@@ -265,7 +268,9 @@ async def test_tool_call_loop(
     ollama.script(
         Reply(
             text="",
-            tool_calls=[{"name": "turn_on_lamp", "arguments": {"room": "kitchen"}}],
+            tool_calls=[
+                {"name": "intent__HassTurnOn", "arguments": {"room": "kitchen"}}
+            ],
         ),
         Reply(text="The kitchen lamp is on."),
     )
@@ -273,7 +278,7 @@ async def test_tool_call_loop(
     assert speech(result) == "The kitchen lamp is on."
     assert lamp.calls == [{"room": "kitchen"}]
     first, second = ollama.chat_bodies
-    assert [t["function"]["name"] for t in first["tools"]] == ["turn_on_lamp"]
+    assert [t["function"]["name"] for t in first["tools"]] == ["intent__HassTurnOn"]
     assert second["messages"][-1]["role"] == "tool"
     assert "success" in second["messages"][-1]["content"]
 
@@ -283,7 +288,8 @@ async def test_tool_loop_is_bounded(
 ) -> None:
     await setup_router(hass, router_entry(pi(ollama.url), llm_api=["lamp"]))
     ollama.default_reply = Reply(
-        text="", tool_calls=[{"name": "turn_on_lamp", "arguments": {"room": "hall"}}]
+        text="",
+        tool_calls=[{"name": "intent__HassTurnOn", "arguments": {"room": "hall"}}],
     )
     result = await ask(hass, "Turn on the lamp forever")
     assert (
@@ -302,6 +308,32 @@ async def test_model_without_tools_is_asked_without_tools(
     result = await ask(hass, "Turn on the lamp")
     assert speech(result) == "Hello from the fake."
     assert not ollama.chat_bodies[0].get("tools")
+
+
+async def test_tool_traffic_reaches_a_model_without_tools_as_text(
+    hass: HomeAssistant, openai: FakeOpenAI, ollama: FakeOllama, lamp: LampTool
+) -> None:
+    await setup_router(
+        hass,
+        router_entry(gpu(openai.url), pi(ollama.url, model="gemma2"), llm_api=["lamp"]),
+    )
+    openai.script(
+        Reply(
+            text="",
+            tool_calls=[{"name": "intent__HassTurnOn", "arguments": {"room": "hall"}}],
+        ),
+        Reply(text="The hall lamp is on."),
+        Reply(status=500, error="CUDA out of memory"),
+    )
+    first = await ask(hass, "Turn on the hall lamp")
+    assert speech(first) == "The hall lamp is on."
+
+    await ask(hass, "And now?", first.conversation_id)
+
+    texts = [m["content"] for m in ollama.chat_bodies[-1]["messages"]]
+    assert '[called intent__HassTurnOn({"room": "hall"})]' in "\n".join(texts)
+    assert any(t.startswith("Result of intent__HassTurnOn: ") for t in texts)
+    assert not ollama.chat_bodies[-1].get("tools")
 
 
 async def test_server_refusing_tools_never_reaches_the_user(

@@ -103,8 +103,10 @@ async def test_backend_devices_hang_off_the_router_device(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "deepseek-r1:1.5b", 1))
     )
     registry = dr.async_get(hass)
-    router = registry.async_get_device(identifiers={("llm_router", entry.entry_id)})
-    pi = registry.async_get_device(identifiers={("llm_router", "pi")})
+    router = registry.async_get_device_by_identifier(
+        ("llm_router", entry.entry_id), entry.entry_id
+    )
+    pi = registry.async_get_device_by_identifier(("llm_router", "pi"), entry.entry_id)
     assert router is not None
     assert pi is not None
     assert pi.via_device_id == router.id

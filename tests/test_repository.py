@@ -54,13 +54,13 @@ from homeassistant.util.yaml import load_yaml_dict, parse_yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from PIL import Image
+import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
     async_mock_service,
 )
-import voluptuous as vol
 
 from custom_components.llm_router import config_flow
 from custom_components.llm_router.const import DOMAIN
@@ -1046,9 +1046,9 @@ async def test_registered_actions_match_services_yaml(
     for name, service in registered.items():
         fields, _ = service_fields(services[name])
         schema = service.schema
-        assert isinstance(schema, vol.Schema), name
+        assert isinstance(schema, probatio.Schema), name
         assert {str(m) for m in schema.schema} == set(fields), name
-        required = {str(m) for m in schema.schema if isinstance(m, vol.Required)}
+        required = {str(m) for m in schema.schema if isinstance(m, probatio.Required)}
         assert required == {f for f, s in fields.items() if s.get("required")}, name
 
 
@@ -1254,6 +1254,10 @@ async def test_morning_briefing_example_speaks_the_structured_answer(
     assert speech.data["entity_id"] == ["tts.piper"]
     (notification,) = notified
     assert notification.data["message"] == "Good morning!\n• Bins out\n• Dentist"
+    # Its 07:00 trigger would outlive the test.
+    await hass.services.async_call(
+        "automation", "turn_off", {"entity_id": automation}, blocking=True
+    )
 
 
 async def test_gpu_offline_example_notifies_outages_not_blips(

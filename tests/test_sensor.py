@@ -68,7 +68,9 @@ async def test_entities(
         assert hass.states.get(entity_entry.entity_id) == snapshot(
             name=f"{entity_entry.entity_id}-state"
         )
-    pi_device = device_registry.async_get_device(identifiers={("llm_router", "pi")})
+    pi_device = device_registry.async_get_device_by_identifier(
+        ("llm_router", "pi"), entry.entry_id
+    )
     assert pi_device is not None
     assert (pi_device.name, pi_device.model, pi_device.manufacturer) == (
         "Pi",
@@ -77,8 +79,13 @@ async def test_entities(
     )
     assert pi_device.sw_version == "0.12.6"
     assert pi_device.configuration_url == pi_server.url
-    assert pi_device.config_entries_subentries[entry.entry_id] == {"pi"}
-    router = device_registry.async_get_device(identifiers={("llm_router", "router")})
+    assert (pi_device.config_entry_id, pi_device.config_subentry_id) == (
+        entry.entry_id,
+        "pi",
+    )
+    router = device_registry.async_get_device_by_identifier(
+        ("llm_router", "router"), entry.entry_id
+    )
     assert router is not None
     assert pi_device.via_device_id == router.id
     # The router's device exists before any backend's names it as its hub.
@@ -89,14 +96,14 @@ async def test_entities(
 async def test_values_after_a_fallback_turn(
     hass: HomeAssistant, pi_server: FakeOllama
 ) -> None:
-    await setup_router(
+    entry = await setup_router(
         hass,
         router_entry(
             backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
             backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
         ),
     )
-    await hass.async_block_till_done(wait_background_tasks=True)  # setup's probe
+    await probe_backends(hass, entry)
     # Known server-side numbers: 93 tokens in 10.7 s, 412 prompt tokens in 0.8 s.
     pi_server.script(
         Reply(
@@ -123,7 +130,6 @@ async def test_values_after_a_fallback_turn(
     # counters say so rather than looking like a healthy idle server.
     assert value(hass, "sensor.gpu_server_requests_sent") == "0"
     assert value(hass, "sensor.gpu_server_skipped_requests") == "1"
-    assert value(hass, "sensor.gpu_server_failed_health_checks") == "1"
     last_error = hass.states.get("sensor.gpu_server_last_error")
     assert last_error is not None
     assert last_error.state == "unreachable"
@@ -183,7 +189,7 @@ async def test_counters_survive_restart(
             ),
         ],
     )
-    await setup_router(
+    entry = await setup_router(
         hass,
         router_entry(
             backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
@@ -192,8 +198,8 @@ async def test_counters_survive_restart(
     )
     assert value(hass, "sensor.pi_requests_sent") == "41"
     assert value(hass, "sensor.llm_router_fallbacks") == "7"
-    # Setup's probe finds the GPU server down, so the turn skips it.
-    await hass.async_block_till_done(wait_background_tasks=True)
+    # The probe finds the GPU server down, so the turn skips it.
+    await probe_backends(hass, entry)
     await ask(hass, "Hello")
     assert value(hass, "sensor.pi_requests_sent") == "42"
     assert value(hass, "sensor.pi_failed_requests") == "2"
@@ -249,11 +255,12 @@ async def test_last_error_says_why_a_backend_went_down(
     entry = await setup_router(
         hass, router_entry(backend("GPU server", "openai", openai.url, "fake-model", 1))
     )
-    await probe_backends(hass, entry)
+    await hass.async_block_till_done(wait_background_tasks=True)  # setup's probe
     assert value(hass, "sensor.gpu_server_last_error") == "none"
     openai.api_key = "rotated"
     await entry.runtime_data.coordinators["GPU server"].async_refresh()
     assert value(hass, "binary_sensor.gpu_server_connection") == "off"
+    assert value(hass, "sensor.gpu_server_failed_health_checks") == "1"
     last_error = hass.states.get("sensor.gpu_server_last_error")
     assert last_error is not None
     assert last_error.state == "auth_failed"

@@ -174,7 +174,6 @@ class FakeServer:
         self.default_reply = Reply()
         self.requests: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
-        self._open_streams: set[asyncio.Task[Any]] = set()
         self.port = 0
         # Serve HTTPS with this context when set before start().
         self.ssl_context: ssl.SSLContext | None = None
@@ -223,12 +222,17 @@ class FakeServer:
 
     async def start(self, port: int = 0) -> None:
         """Listen on a loopback port (0: a random free one)."""
-        self._runner = web.AppRunner(self.app, shutdown_timeout=0.1)
+        # Handlers of stalled replies end with their connection, not linger.
+        self._runner = web.AppRunner(
+            self.app, shutdown_timeout=0.1, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, "127.0.0.1", port, ssl_context=self.ssl_context
         )
         await site.start()
+        if self.ssl_context is not None:
+            _ignore_refused_handshakes(asyncio.get_running_loop())
         server = site._server  # aiohttp keeps the socket here
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
@@ -245,6 +249,26 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _ignore_refused_handshakes(loop: asyncio.AbstractEventLoop) -> None:
+    """Let clients that distrust the fake's certificate hang up quietly.
+
+    asyncio reports a TLS handshake the client aborted to the loop's
+    exception handler, which fails Home Assistant's tests; for a fake whose
+    certificate is meant to be rejected, it is the expected outcome.
+    """
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ConnectionResetError | ssl.SSLError):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handler)
 
 
 async def paced(
