@@ -1188,6 +1188,9 @@ async def test_registered_entities_are_translated(
         assert state is not None, entry.entity_id
         attributes = texts.get("state_attributes", {}).keys()
         assert attributes <= state.attributes.keys(), entry.entity_id
+        if "state" in texts and "options" in state.attributes:
+            # An enum sensor's every state is translated.
+            assert texts["state"].keys() == set(state.attributes["options"])
     assert translated == {
         (platform, key) for platform, keys in entities.items() for key in keys
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,10 @@ def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+CONNECTION_TEST_TIMEOUT = 20.0
+"""Seconds a connection test may take, however slowly a server answers."""
+
+
 @dataclass
 class _Check:
     """What testing a server found: form errors, its models, why it failed."""
@@ -212,6 +217,16 @@ class _Check:
         return {"url": str(server.get(CONF_URL, "")), "reason": self.reason}
 
 
+def _cannot_connect(err: BackendError | TimeoutError) -> _Check:
+    """The form error for a server that did not answer, and why."""
+    if isinstance(err, BackendError):
+        return _Check({"base": "cannot_connect"}, reason=err.message)
+    return _Check(
+        {"base": "cannot_connect"},
+        reason=f"no answer within {CONNECTION_TEST_TIMEOUT:g} s",
+    )
+
+
 async def _async_check_server(hass: HomeAssistant, server: Mapping[str, Any]) -> _Check:
     """Test a server's connection and list its models."""
     url = URL(server[CONF_URL])
@@ -219,12 +234,13 @@ async def _async_check_server(hass: HomeAssistant, server: Mapping[str, Any]) ->
         return _Check({"base": "invalid_url"})
     backend = create_backend(hass, backend_config(server))
     try:
-        await backend.probe()
-        models = await backend.list_models()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.probe()
+            models = await backend.list_models()
     except AuthFailed:
         return _Check({"base": "invalid_auth"})
-    except BackendError as err:
-        return _Check({"base": "cannot_connect"}, reason=err.message)
+    except (BackendError, TimeoutError) as err:
+        return _cannot_connect(err)
     finally:
         await backend.close()
     return _Check(models=models)
@@ -243,13 +259,14 @@ async def _async_check_model(
         return _Check()
     backend = create_backend(hass, backend_config(data))
     try:
-        await backend.check_model()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.check_model()
     except ModelNotFound:
         return _Check({CONF_MODEL: "model_not_found"})
     except AuthFailed:
         return _Check({"base": "invalid_auth"})
-    except BackendError as err:
-        return _Check({"base": "cannot_connect"}, reason=err.message)
+    except (BackendError, TimeoutError) as err:
+        return _cannot_connect(err)
     finally:
         await backend.close()
     return _Check()

@@ -111,6 +111,8 @@ class FakeOllama(FakeServer):
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         await self.record(request)
+        if (endless := await self.endless_response(request)) is not None:
+            return endless
         if self.api_key is not None and (
             request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):
@@ -186,7 +188,7 @@ class FakeOllama(FakeServer):
                 return _error(400, f"{json.dumps(name)} does not support thinking")
             if body.get("tools") and "tools" not in caps:
                 return _error(400, f"{_registry_name(tagged)} does not support tools")
-        reply = self.next_reply()
+        reply = self.next_reply(body)
         if reply.status != 200:
             return _error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, thinks=caps is not None and bool(think))

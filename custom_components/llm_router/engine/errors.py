@@ -18,8 +18,10 @@ class ErrorKind(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     UNSUPPORTED = "unsupported"
     BAD_RESPONSE = "bad_response"
+    BAD_REQUEST = "bad_request"
     AUTH_FAILED = "auth_failed"
     CIRCUIT_OPEN = "circuit_open"
+    CLOSED = "closed"
 
 
 class BackendError(Exception):
@@ -70,6 +72,26 @@ class BadResponse(BackendError):
     """Malformed JSON or SSE, an unexpected status, or a truncated stream."""
 
     kind = ErrorKind.BAD_RESPONSE
+
+
+class BackendClosed(BackendError):
+    """The backend was closed (reload, removal, shutdown) before it answered."""
+
+    kind = ErrorKind.CLOSED
+
+
+class BadRequest(BackendError):
+    """The server refused this request as invalid (400, 413, 422).
+
+    The request caused it (a prompt longer than the context window, a schema
+    the server cannot follow), not the server: the breaker does not count it.
+    """
+
+    kind = ErrorKind.BAD_REQUEST
+
+
+REQUEST_REFUSED = frozenset({400, 413, 422})
+"""HTTP statuses that blame the request: bad, too large, unprocessable."""
 
 
 class AuthFailed(BackendError):

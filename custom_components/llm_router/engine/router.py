@@ -150,6 +150,7 @@ class Router:
         self._listeners: list[Callable[[], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
 
     def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call listener after every change of state; returns its remover."""
@@ -217,7 +218,7 @@ class Router:
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
         state.breaker.record_failure(error)
-        if state.breaker.allows():
+        if state.breaker.allows() or self._closed:
             return
         self._cancel_cooldown(state)
         self._cooldowns[state.name] = asyncio.get_running_loop().call_later(
@@ -230,7 +231,7 @@ class Router:
 
     def request_probe(self, name: str) -> None:
         """Probe a backend in the background, once at a time."""
-        if name in self._probes:
+        if name in self._probes or self._closed:
             return
         task = asyncio.get_running_loop().create_task(
             self.async_probe(name), name=f"llm_router probe {name}"
@@ -239,7 +240,11 @@ class Router:
         task.add_done_callback(lambda _: self._probes.pop(name, None))
 
     async def close(self) -> None:
-        """Stop background probes and release the backends."""
+        """Stop probes and timers for good; end the turns in flight.
+
+        Closing the backends fails what they are waiting for.
+        """
+        self._closed = True
         for handle in self._cooldowns.values():
             handle.cancel()
         self._cooldowns.clear()
