@@ -92,11 +92,13 @@ async def test_user_step_invalid_url(hass: HomeAssistant, url: str, error: str) 
 async def test_user_step_cannot_connect_then_recovers(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:
-    result = await start_flow(
-        hass, {"name": "Pi", "kind": "ollama", "url": closed_port_url()}
-    )
+    url = closed_port_url()
+    result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": url})
     assert result["type"] is FlowResultType.FORM
     assert result["errors"] == {"base": "cannot_connect"}
+    # The error text names the URL and why.
+    assert result["description_placeholders"]["url"] == url
+    assert result["description_placeholders"]["reason"] == "connection refused"
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"],
         {
@@ -173,6 +175,12 @@ async def test_model_step_invalid_auth(hass: HomeAssistant) -> None:
     assert result["errors"] == {"base": "invalid_auth"}
 
 
+def field_default(result: Any, name: str) -> Any:
+    """The default a shown form gives one of its fields."""
+    marker = next(k for k in result["data_schema"].schema if k == name)
+    return marker.default()
+
+
 async def router_with_pi(hass: HomeAssistant, ollama: FakeOllama) -> MockConfigEntry:
     return await setup_router(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "llama3.2", 2))
@@ -195,6 +203,8 @@ async def test_add_backend(
         result["flow_id"], {"name": "GPU server", "kind": "openai", "url": openai.url}
     )
     assert result["step_id"] == "model"
+    # After the Pi's priority 2, not tied with it.
+    assert field_default(result, "priority") == 3
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
         {
@@ -225,6 +235,10 @@ async def test_add_backend_that_is_switched_off(
         result["flow_id"], {"name": "GPU server", "kind": "openai", "url": url}
     )
     assert result["errors"] == {"base": "cannot_connect"}
+    assert result["description_placeholders"] == {
+        "url": url,
+        "reason": "connection refused",
+    }
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
         {"name": "GPU server", "kind": "openai", "url": url, "skip_check": True},
@@ -254,6 +268,10 @@ async def test_reconfigure_backend(hass: HomeAssistant, ollama: FakeOllama) -> N
     (subentry_id,) = entry.subentries
     result = await entry.start_subentry_reconfigure_flow(hass, subentry_id)
     assert result["type"] is FlowResultType.FORM
+    # Its own title, naming the backend; the server answers, so it is tested.
+    assert result["step_id"] == "reconfigure"
+    assert result["description_placeholders"]["backend"] == "Pi"
+    assert field_default(result, "skip_check") is False
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
     )
@@ -266,6 +284,38 @@ async def test_reconfigure_backend(hass: HomeAssistant, ollama: FakeOllama) -> N
     await hass.async_block_till_done()
     assert entry.subentries[subentry_id].data["model"] == "qwen3:latest"
     assert entry.runtime_data.router.states["Pi"].config.priority == 5
+
+
+async def test_reconfigure_switched_off_backend(hass: HomeAssistant) -> None:
+    url = closed_port_url()
+    entry = await setup_router(
+        hass, router_entry(backend("GPU server", "openai", url, "qwen2.5:14b", 1))
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)  # setup's probe
+    assert hass.states.is_state("binary_sensor.gpu_server_connection", "off")
+    (subentry_id,) = entry.subentries
+    result = await entry.start_subentry_reconfigure_flow(hass, subentry_id)
+    # It cannot be tested now: saving without the test is offered at once.
+    assert field_default(result, "skip_check") is True
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"],
+        {"name": "GPU server", "kind": "openai", "url": url, "skip_check": True},
+    )
+    assert result["step_id"] == "model"
+    assert field_default(result, "model") == "qwen2.5:14b"
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"],
+        {
+            "model": "qwen2.5:14b",
+            "priority": 1,
+            "max_parallel": 2,
+            "connect_timeout": 3,
+            "first_token_timeout": 30,
+            "think": False,
+        },
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert entry.subentries[subentry_id].data["max_parallel"] == 2
 
 
 async def test_remove_backend_reloads_router(

@@ -45,6 +45,8 @@ async def test_diagnostics(
     assert gpu["health"]["breaker"] == "open"
     assert gpu["health"]["last_error"]["kind"] == "unreachable"
     assert gpu["health"]["recent_attempts"][0]["error_kind"] == "circuit_open"
+    # Skipped by the turn; probed by setup and by probe_backends.
+    assert (gpu["health"]["skipped"], gpu["health"]["failed_probes"]) == (1, 2)
     pi = diagnostics["backends"]["Pi"]["health"]
     assert pi["online"] is True
     assert pi["requests"] == 1

@@ -107,7 +107,7 @@ async def test_backend_that_sleeps_on_purpose_raises_no_issue(
     assert (
         issue_registry.async_get_issue("llm_router", "unreachable_gpu_server") is None
     )
-    assert hass.states.is_state("binary_sensor.gpu_server_online", "off")
+    assert hass.states.is_state("binary_sensor.gpu_server_connection", "off")
 
 
 async def test_downtime_survives_a_restart(

@@ -87,13 +87,16 @@ ENTITY_IDS = {
         f"{entity}.{backend}_{key}"
         for backend in ("pi", "gpu_server")
         for entity, key in (
-            ("binary_sensor", "online"),
+            ("binary_sensor", "connection"),
             ("sensor", "generation_speed"),
             ("sensor", "prompt_speed"),
             ("sensor", "time_to_first_token"),
             ("sensor", "response_time"),
-            ("sensor", "requests"),
-            ("sensor", "failures"),
+            ("sensor", "requests_sent"),
+            ("sensor", "failed_requests"),
+            ("sensor", "skipped_requests"),
+            ("sensor", "failed_health_checks"),
+            ("sensor", "last_error"),
         )
     ),
 }
@@ -497,6 +500,15 @@ def test_strings_are_well_formed() -> None:
         assert not RE_HTML.search(value), where
         assert not RE_PLACEHOLDER_IN_SINGLE_QUOTES.search(value), where
         assert all(name.isidentifier() for name in fields_of(value)), where
+
+
+# A URL with a host, not inside backticks: the frontend renders it as a link.
+RE_BARE_URL = re.compile(r"(?<!`)https?://[^\s`]+")
+
+
+def test_example_urls_are_code_not_links() -> None:
+    for path, value in leaves(strings()):
+        assert not RE_BARE_URL.search(value), ".".join(path)
 
 
 type Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -1179,6 +1191,9 @@ async def test_registered_entities_are_translated(
         assert state is not None, entry.entity_id
         attributes = texts.get("state_attributes", {}).keys()
         assert attributes <= state.attributes.keys(), entry.entity_id
+        if "state" in texts and "options" in state.attributes:
+            # An enum sensor's every state is translated.
+            assert texts["state"].keys() == set(state.attributes["options"])
     assert translated == {
         (platform, key) for platform, keys in entities.items() for key in keys
     }
@@ -1262,13 +1277,13 @@ async def test_gpu_offline_example_notifies_outages_not_blips(
         hass, "automation", {"automation": example("automation_gpu_offline.yaml")}
     )
     coordinator = router.runtime_data.coordinators["GPU server"]
-    online = "binary_sensor.gpu_server_online"
+    online = "binary_sensor.gpu_server_connection"
 
     async def switch(on: bool) -> None:
-        if on:
-            await openai.start(openai.port)
-        else:
-            await openai.stop()
+        # Down as a broken server is: stopping and restarting the fake's
+        # socket raced the health checks in flight (a connection accepted as
+        # the socket closed was never answered).
+        openai.models_body = None if on else "<html>502 Bad Gateway</html>"
         await coordinator.async_refresh()
         await hass.async_block_till_done()
         assert hass.states.is_state(online, "on" if on else "off")

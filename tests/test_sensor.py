@@ -123,12 +123,19 @@ async def test_values_after_a_fallback_turn(
     )
     assert float(value(hass, "sensor.pi_time_to_first_token")) > 0
     assert float(value(hass, "sensor.pi_response_time")) > 0
-    assert value(hass, "sensor.pi_requests") == "1"
-    assert value(hass, "sensor.pi_failures") == "0"
-    # The setup probe found the GPU server down: the turn skipped it.
-    assert value(hass, "sensor.gpu_server_requests") == "0"
-    assert value(hass, "binary_sensor.gpu_server_online") == "off"
-    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert value(hass, "sensor.pi_requests_sent") == "1"
+    assert value(hass, "sensor.pi_failed_requests") == "0"
+    assert value(hass, "sensor.pi_last_error") == "none"
+    # The setup probe found the GPU server down: the turn skipped it, and the
+    # counters say so rather than looking like a healthy idle server.
+    assert value(hass, "sensor.gpu_server_requests_sent") == "0"
+    assert value(hass, "sensor.gpu_server_skipped_requests") == "1"
+    last_error = hass.states.get("sensor.gpu_server_last_error")
+    assert last_error is not None
+    assert last_error.state == "unreachable"
+    assert last_error.attributes["message"] == "connection refused"
+    assert value(hass, "binary_sensor.gpu_server_connection") == "off"
+    assert value(hass, "binary_sensor.pi_connection") == "on"
     assert value(hass, "sensor.llm_router_last_backend") == "Pi"
     assert value(hass, "sensor.llm_router_fallbacks") == "1"
     assert value(hass, "sensor.gpu_server_generation_speed") == "unknown"
@@ -139,22 +146,22 @@ async def test_values_after_a_fallback_turn(
     assert loaded.attributes["size_vram"] == 2_019_000_000
 
 
-async def test_online_follows_the_server(
+async def test_connection_follows_the_server(
     hass: HomeAssistant, pi_server: FakeOllama
 ) -> None:
     entry = await setup_router(
         hass, router_entry(backend("Pi", "ollama", pi_server.url, "llama3.2", 1))
     )
     coordinator = entry.runtime_data.coordinators["Pi"]
-    await until(lambda: value(hass, "binary_sensor.pi_online") == "on")
+    await until(lambda: value(hass, "binary_sensor.pi_connection") == "on")
     await pi_server.stop()
     await coordinator.async_refresh()
-    assert value(hass, "binary_sensor.pi_online") == "off"  # off, not unavailable
+    assert value(hass, "binary_sensor.pi_connection") == "off"  # off, not unavailable
     assert coordinator.update_interval == timedelta(seconds=10)  # faster while down
     assert value(hass, "sensor.pi_generation_speed") == "unknown"
     await pi_server.start(pi_server.port)
     await coordinator.async_refresh()
-    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert value(hass, "binary_sensor.pi_connection") == "on"
     assert coordinator.update_interval == timedelta(seconds=30)
 
 
@@ -165,12 +172,16 @@ async def test_counters_survive_restart(
         hass,
         [
             (
-                State("sensor.pi_requests", "41"),
+                State("sensor.pi_requests_sent", "41"),
                 {"native_value": 41, "native_unit_of_measurement": None},
             ),
             (
-                State("sensor.pi_failures", "2"),
+                State("sensor.pi_failed_requests", "2"),
                 {"native_value": 2, "native_unit_of_measurement": None},
+            ),
+            (
+                State("sensor.gpu_server_skipped_requests", "5"),
+                {"native_value": 5, "native_unit_of_measurement": None},
             ),
             (
                 State("sensor.llm_router_fallbacks", "7"),
@@ -178,18 +189,21 @@ async def test_counters_survive_restart(
             ),
         ],
     )
-    await setup_router(
+    entry = await setup_router(
         hass,
         router_entry(
             backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
             backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
         ),
     )
-    assert value(hass, "sensor.pi_requests") == "41"
+    assert value(hass, "sensor.pi_requests_sent") == "41"
     assert value(hass, "sensor.llm_router_fallbacks") == "7"
+    # The probe finds the GPU server down, so the turn skips it.
+    await probe_backends(hass, entry)
     await ask(hass, "Hello")
-    assert value(hass, "sensor.pi_requests") == "42"
-    assert value(hass, "sensor.pi_failures") == "2"
+    assert value(hass, "sensor.pi_requests_sent") == "42"
+    assert value(hass, "sensor.pi_failed_requests") == "2"
+    assert value(hass, "sensor.gpu_server_skipped_requests") == "6"
     assert value(hass, "sensor.llm_router_fallbacks") == "8"
 
 
@@ -203,7 +217,7 @@ async def test_probe_interval_option(
         ),
     )
     await probe_backends(hass, entry)
-    assert value(hass, "binary_sensor.pi_online") == "on"
+    assert value(hass, "binary_sensor.pi_connection") == "on"
     assert entry.runtime_data.coordinators["Pi"].update_interval == timedelta(
         seconds=60
     )
@@ -218,3 +232,36 @@ async def test_probe_interval_option(
             == probes + 1
         )
     )
+
+
+async def test_prompt_speed_unavailable_without_prompt_tokens(
+    hass: HomeAssistant,
+) -> None:
+    """llama-cpp-python reports no usage in the stream: no prompt speed ever."""
+    async with FakeOpenAI(usage_in_stream=False) as server:
+        await setup_router(
+            hass,
+            router_entry(backend("GPU server", "openai", server.url, "fake-model", 1)),
+        )
+        assert value(hass, "sensor.gpu_server_prompt_speed") == "unknown"
+        await ask(hass, "Hello")
+    assert value(hass, "sensor.gpu_server_prompt_speed") == "unavailable"
+    assert float(value(hass, "sensor.gpu_server_generation_speed")) > 0
+
+
+async def test_last_error_says_why_a_backend_went_down(
+    hass: HomeAssistant, openai: FakeOpenAI
+) -> None:
+    entry = await setup_router(
+        hass, router_entry(backend("GPU server", "openai", openai.url, "fake-model", 1))
+    )
+    await hass.async_block_till_done(wait_background_tasks=True)  # setup's probe
+    assert value(hass, "sensor.gpu_server_last_error") == "none"
+    openai.api_key = "rotated"
+    await entry.runtime_data.coordinators["GPU server"].async_refresh()
+    assert value(hass, "binary_sensor.gpu_server_connection") == "off"
+    assert value(hass, "sensor.gpu_server_failed_health_checks") == "1"
+    last_error = hass.states.get("sensor.gpu_server_last_error")
+    assert last_error is not None
+    assert last_error.state == "auth_failed"
+    assert last_error.attributes["message"]

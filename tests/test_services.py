@@ -6,11 +6,12 @@ from typing import Any
 
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
-from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.llm_router.const import DOMAIN
 from tests.conftest import backend, router_entry, setup_router
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
@@ -38,8 +39,10 @@ async def test_ask_reports_a_fallback_turn(
     ollama.script(
         Reply(
             text="The garage door is closed.",
-            completion_tokens=60,
-            generation_seconds=6.0,
+            completion_tokens=93,
+            generation_seconds=10.7,
+            prompt_tokens=412,
+            prompt_seconds=0.7,
         )
     )
     response = await ask(hass, text="Is the garage door closed?")
@@ -50,9 +53,14 @@ async def test_ask_reports_a_fallback_turn(
     assert [a["backend"] for a in response["attempts"]] == ["GPU server", "Pi"]
     assert response["attempts"][0]["outcome"] in ("unreachable", "circuit_open")
     assert response["attempts"][1] == {"backend": "Pi", "outcome": "ok", "error": None}
-    assert response["generation_speed"] == pytest.approx(10.0)
-    assert response["time_to_first_token"] > 0
-    assert response["response_time"] > 0
+    # Rounded as the sensors show them; every key names its unit.
+    assert response["generation_tokens_per_s"] == 8.7  # 93 / 10.7
+    assert response["prompt_tokens_per_s"] == 588.6  # 412 / 0.7
+    assert isinstance(response["time_to_first_token_ms"], int)
+    assert response["time_to_first_token_ms"] >= 0
+    assert response["response_time_s"] >= 0
+    assert response["response_time_s"] == round(response["response_time_s"], 2)
+    assert response["completion_tokens"] == 93
     assert response["conversation_id"]
     assert hass.states.get("sensor.llm_router_fallbacks").state == "1"
 
@@ -85,6 +93,60 @@ async def test_ask_forced_backend_and_think(hass: HomeAssistant) -> None:
         pi.chat_bodies[0]["model"] == "qwen3:latest"
         or pi.chat_bodies[0]["model"] == "qwen3"
     )
+
+
+def device_id(hass: HomeAssistant, entry_id: str, identifier: str) -> str:
+    device = dr.async_get(hass).async_get_device_by_identifier(
+        (DOMAIN, identifier), entry_id
+    )
+    assert device is not None
+    return device.id
+
+
+async def test_ask_backend_picked_by_device(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    """The action's form picks a backend's device; it names the router too."""
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    other = router_entry(
+        backend("Spare", "ollama", ollama.url, "llama3.2", 1), entry_id="second"
+    )
+    await setup_router(hass, other)
+    response = await ask(hass, text="Hi", backend=device_id(hass, "router", "pi"))
+    assert (response["backend"], response["fell_back"]) == ("Pi", False)
+    response = await ask(
+        hass,
+        text="Hi",
+        backend=device_id(hass, "second", "second_spare"),
+        config_entry_id="second",
+    )
+    assert response["backend"] == "Spare"
+
+
+@pytest.mark.parametrize(
+    ("device", "data"),
+    [
+        # The router's own device is no backend.
+        (("router", "router"), {"config_entry_id": "router"}),
+        # A backend of another router than the one named.
+        (("second", "second_spare"), {"config_entry_id": "router"}),
+    ],
+)
+async def test_ask_device_that_is_not_the_routers_backend(
+    hass: HomeAssistant,
+    ollama: FakeOllama,
+    device: tuple[str, str],
+    data: dict[str, Any],
+) -> None:
+    await setup_router(hass, gpu_and_pi(ollama.url))
+    other = router_entry(
+        backend("Spare", "ollama", ollama.url, "llama3.2", 1), entry_id="second"
+    )
+    await setup_router(hass, other)
+    with pytest.raises(ServiceValidationError) as caught:
+        await ask(hass, text="Hi", backend=device_id(hass, *device), **data)
+    assert caught.value.translation_key == "unknown_backend"
+    assert ollama.chat_bodies == []
 
 
 async def test_ask_every_backend_down(hass: HomeAssistant) -> None:
@@ -188,7 +250,7 @@ async def test_benchmark_all_backends(hass: HomeAssistant, ollama: FakeOllama) -
     assert results["GPU server"]["ok"] is False
     assert results["GPU server"]["error"]
     assert results["Pi"]["ok"] is True
-    assert results["Pi"]["generation_speed"] == pytest.approx(10.0)
+    assert results["Pi"]["generation_tokens_per_s"] == 10.0
     assert ollama.chat_bodies[0]["messages"][-1]["content"].startswith("Count from one")
     assert float(hass.states.get("sensor.pi_generation_speed").state) == pytest.approx(
         10.0

@@ -97,7 +97,7 @@ async def test_rejected_key_holds_the_backend_out_and_asks_for_a_new_one(
         assert len(gpu.chat_bodies) == 1
         for _ in range(3):
             await probe_backends(hass, entry)
-            assert hass.states.is_state("binary_sensor.gpu_server_online", "off")
+            assert hass.states.is_state("binary_sensor.gpu_server_connection", "off")
         await ask(hass, "Hello again")
         assert len(gpu.chat_bodies) == 1  # held out, not tried again
         assert caplog.text.count("Backend GPU server is unavailable") == 1
@@ -120,7 +120,7 @@ async def test_rejected_key_holds_the_backend_out_and_asks_for_a_new_one(
         await hass.async_block_till_done()
         assert entry.subentries["gpu_server"].data["api_key"] == "right"
         await probe_backends(hass, entry)
-        assert hass.states.is_state("binary_sensor.gpu_server_online", "on")
+        assert hass.states.is_state("binary_sensor.gpu_server_connection", "on")
         await ask(hass, "Hello at last")
         assert len(gpu.chat_bodies) == 2
     assert not issue_registry.async_get_issue(
@@ -140,7 +140,7 @@ async def test_reauth_tests_the_new_key(
             ),
         )
         await probe_backends(hass, entry)
-        assert hass.states.is_state("binary_sensor.gpu_server_online", "off")
+        assert hass.states.is_state("binary_sensor.gpu_server_connection", "off")
         (flow,) = reauth_flows(hass)
         result = await hass.config_entries.flow.async_configure(
             flow["flow_id"], {"api_key": "still-wrong"}

@@ -74,7 +74,7 @@ async def test_stored_url_without_scheme_works_and_links_the_device(
     )
     assert device is not None
     assert device.configuration_url == ollama.url
-    assert hass.states.get("binary_sensor.pi_online") is not None
+    assert hass.states.get("binary_sensor.pi_connection") is not None
 
 
 async def test_stored_bad_url_leaves_only_that_backend_out(

@@ -1,4 +1,4 @@
-"""Whether each backend answers."""
+"""Whether each backend's server answers."""
 
 from __future__ import annotations
 
@@ -19,22 +19,27 @@ async def async_setup_entry(
     entry: LLMRouterConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    """Add one online sensor per backend."""
+    """Add one connection sensor per backend."""
     for coordinator in entry.runtime_data.coordinators.values():
+        # The unique ID keeps the sensor's first name, "online", so entities
+        # made before the rename stay the same entities.
         async_add_entities(
-            [BackendOnlineSensor(entry, coordinator, "online")],
+            [BackendConnectionSensor(entry, coordinator, "online")],
             config_subentry_id=coordinator.subentry_id,
         )
 
 
-class BackendOnlineSensor(LLMRouterBackendEntity, BinarySensorEntity):
-    """On while the backend answers probes and requests.
+class BackendConnectionSensor(LLMRouterBackendEntity, BinarySensorEntity):
+    """Connected while the backend answers probes and requests.
+
+    Named "Connection", so Home Assistant's connectivity states read right:
+    "Connection: Disconnected".
 
     It stays available while the server is down: saying so is its point.
     """
 
     _attr_device_class = BinarySensorDeviceClass.CONNECTIVITY
-    _attr_translation_key = "online"
+    _attr_translation_key = "connection"
 
     @property
     def available(self) -> bool:

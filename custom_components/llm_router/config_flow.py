@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeassistant.config_entries import (
     SOURCE_RECONFIGURE,
     ConfigEntry,
+    ConfigEntryState,
     ConfigFlow,
     ConfigFlowResult,
     ConfigSubentryFlow,
@@ -76,6 +78,8 @@ from .engine.ollama import parse_keep_alive
 from .engine.policy import PolicyName
 from .engine.urls import InvalidURL, normalize_url, without_credentials
 from .runtime import backend_config, backend_subentries, create_backend
+
+MAX_PRIORITY = 100
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_PROMPT: llm.DEFAULT_INSTRUCTIONS_PROMPT,
@@ -152,7 +156,9 @@ def _model_schema(
             CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)
         ): (
             NumberSelector(
-                NumberSelectorConfig(min=1, max=100, mode=NumberSelectorMode.BOX)
+                NumberSelectorConfig(
+                    min=1, max=MAX_PRIORITY, mode=NumberSelectorMode.BOX
+                )
             )
         ),
         probatio.Required(
@@ -206,61 +212,82 @@ CONNECTION_TEST_TIMEOUT = 20.0
 """Seconds a connection test may take, however slowly a server answers."""
 
 
-def _url_errors(server: dict[str, Any]) -> dict[str, str]:
-    """Normalize the server's URL in place; form errors when it is unusable."""
+@dataclass
+class _Check:
+    """What testing a server found: form errors, its models, why it failed."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    def placeholders(self, server: Mapping[str, Any]) -> dict[str, str]:
+        """What the errors' texts name: the server's URL and the reason."""
+        return {"url": str(server.get(CONF_URL, "")), "reason": self.reason}
+
+
+def _cannot_connect(err: BackendError | TimeoutError) -> _Check:
+    """The form error for a server that did not answer, and why."""
+    if isinstance(err, BackendError):
+        return _Check({"base": "cannot_connect"}, reason=err.message)
+    return _Check(
+        {"base": "cannot_connect"},
+        reason=f"no answer within {CONNECTION_TEST_TIMEOUT:g} s",
+    )
+
+
+def _url_check(server: dict[str, Any]) -> _Check:
+    """Normalize the server's URL in place; a form error when it is unusable."""
     try:
         server[CONF_URL] = normalize_url(
             server[CONF_URL], BackendKind(server[CONF_KIND])
         )
     except InvalidURL:
-        return {"base": "invalid_url"}
-    return {}
+        return _Check({"base": "invalid_url"})
+    return _Check()
 
 
-async def _async_check_server(
-    hass: HomeAssistant, server: dict[str, Any]
-) -> tuple[dict[str, str], list[str]]:
+async def _async_check_server(hass: HomeAssistant, server: dict[str, Any]) -> _Check:
     """Normalize the URL and test the connection; form errors and models."""
-    if errors := _url_errors(server):
-        return errors, []
+    if (check := _url_check(server)).errors:
+        return check
     backend = create_backend(hass, backend_config(server))
     try:
         async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
             await backend.probe()
             models = await backend.list_models()
     except AuthFailed:
-        return {"base": "invalid_auth"}, []
-    except BackendError, TimeoutError:
-        return {"base": "cannot_connect"}, []
+        return _Check({"base": "invalid_auth"})
+    except (BackendError, TimeoutError) as err:
+        return _cannot_connect(err)
     finally:
         await backend.close()
-    return {}, models
+    return _Check(models=models)
 
 
 async def _async_check_model(
     hass: HomeAssistant, data: Mapping[str, Any], *, reach_server: bool = True
-) -> dict[str, str]:
-    """Form errors for the model step; reach_server also asks the server."""
+) -> _Check:
+    """Check the model step; reach_server also asks the server."""
     if CONF_KEEP_ALIVE in data:
         try:
             parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
         except ValueError:
-            return {CONF_KEEP_ALIVE: "invalid_keep_alive"}
+            return _Check({CONF_KEEP_ALIVE: "invalid_keep_alive"})
     if not reach_server:
-        return {}
+        return _Check()
     backend = create_backend(hass, backend_config(data))
     try:
         async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
             await backend.check_model()
     except ModelNotFound:
-        return {CONF_MODEL: "model_not_found"}
+        return _Check({CONF_MODEL: "model_not_found"})
     except AuthFailed:
-        return {"base": "invalid_auth"}
-    except BackendError, TimeoutError:
-        return {"base": "cannot_connect"}
+        return _Check({"base": "invalid_auth"})
+    except (BackendError, TimeoutError) as err:
+        return _cannot_connect(err)
     finally:
         await backend.close()
-    return {}
+    return _Check()
 
 
 class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
@@ -293,12 +320,13 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Ask for the router's name and where its first backend is."""
-        errors: dict[str, str] = {}
+        check = _Check()
         if user_input is not None:
             self._router_name = user_input[CONF_NAME]
             self._server = dict(user_input[CONF_BACKEND])
-            errors, self._models = await _async_check_server(self.hass, self._server)
-            if not errors:
+            check = await _async_check_server(self.hass, self._server)
+            if not check.errors:
+                self._models = check.models
                 return await self.async_step_model()
         schema = probatio.Schema(
             {
@@ -308,18 +336,23 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
                 ),
             }
         )
-        return self.async_show_form(step_id="user", data_schema=schema, errors=errors)
+        return self.async_show_form(
+            step_id="user",
+            data_schema=schema,
+            errors=check.errors,
+            description_placeholders=check.placeholders(self._server),
+        )
 
     async def async_step_model(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Choose the first backend's model and limits."""
         kind = BackendKind(self._server[CONF_KIND])
-        errors: dict[str, str] = {}
+        check = _Check()
         if user_input is not None:
             data = {**self._server, **_model_data(user_input)}
-            errors = await _async_check_model(self.hass, data)
-            if not errors:
+            check = await _async_check_model(self.hass, data)
+            if not check.errors:
                 return self.async_create_entry(
                     title=self._router_name,
                     data={},
@@ -336,7 +369,8 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_show_form(
             step_id="model",
             data_schema=_model_schema(kind, self._models, user_input or {}),
-            errors=errors,
+            errors=check.errors,
+            description_placeholders=check.placeholders(self._server),
         )
 
     async def async_step_reauth(
@@ -353,27 +387,29 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         # Removing a backend reloads the router, which ends this flow.
         entry = self._get_reauth_entry()
         subentry = entry.subentries[self._reauth_subentry_id]
-        errors: dict[str, str] = {}
+        check = _Check()
         if user_input is not None:
             data = {**subentry.data, CONF_API_KEY: user_input[CONF_API_KEY]}
-            errors, _models = await _async_check_server(self.hass, data)
-            if not errors:
-                errors = await _async_check_model(self.hass, data)
-            if not errors:
+            check = await _async_check_server(self.hass, data)
+            if not check.errors:
+                check = await _async_check_model(self.hass, data)
+            if not check.errors:
                 # The router reloads on the change, with the new key.
                 self.hass.config_entries.async_update_subentry(
                     entry, subentry, data=data
                 )
                 return self.async_abort(reason="reauth_successful")
+        url = without_credentials(str(subentry.data[CONF_URL]))
         return self.async_show_form(
             step_id="reauth_confirm",
             data_schema=probatio.Schema(
                 {probatio.Required(CONF_API_KEY): _api_key_field()}
             ),
-            errors=errors,
+            errors=check.errors,
             description_placeholders={
+                **check.placeholders(subentry.data),
                 "backend": subentry.title,
-                "url": without_credentials(str(subentry.data[CONF_URL])),
+                "url": url,
             },
         )
 
@@ -390,33 +426,63 @@ class BackendSubentryFlow(ConfigSubentryFlow):
     def _defaults(self) -> Mapping[str, Any]:
         if self.source == SOURCE_RECONFIGURE:
             return self._get_reconfigure_subentry().data
-        return {}
+        # Tried after the others, not tied with one: ties break by name.
+        priorities = [
+            int(subentry.data.get(CONF_PRIORITY, DEFAULT_PRIORITY))
+            for subentry in backend_subentries(self._get_entry())
+        ]
+        return {CONF_PRIORITY: min(max(priorities, default=0) + 1, MAX_PRIORITY)}
+
+    def _not_answering(self) -> bool:
+        """Whether the reconfigured backend's server is down right now."""
+        entry = self._get_entry()
+        if (
+            self.source != SOURCE_RECONFIGURE
+            or entry.state is not ConfigEntryState.LOADED
+        ):
+            return False
+        name = self._get_reconfigure_subentry().data[CONF_NAME]
+        state = entry.runtime_data.router.states.get(name)
+        return state is not None and state.online is False
 
     async def async_step_user(
         self, user_input: dict[str, Any] | None = None
     ) -> SubentryFlowResult:
         """Ask where the backend is."""
-        errors: dict[str, str] = {}
+        check = _Check()
         if user_input is not None:
             self._server = {k: v for k, v in user_input.items() if k != CONF_SKIP_CHECK}
+            self._skip_check = bool(user_input.get(CONF_SKIP_CHECK))
             stored_key = self._defaults().get(CONF_API_KEY)
             if stored_key and not self._server.get(CONF_API_KEY):
                 self._server[CONF_API_KEY] = stored_key
             if self._name_taken(self._server[CONF_NAME]):
-                errors = {CONF_NAME: "name_exists"}
-            elif user_input.get(CONF_SKIP_CHECK):
-                errors = _url_errors(self._server)
+                check = _Check({CONF_NAME: "name_exists"})
+            elif self._skip_check:
+                check = _url_check(self._server)
             else:
-                errors, self._models = await _async_check_server(
-                    self.hass, self._server
-                )
-            if not errors:
-                self._skip_check = bool(user_input.get(CONF_SKIP_CHECK))
+                check = await _async_check_server(self.hass, self._server)
+            if not check.errors:
+                self._models = check.models
                 return await self.async_step_model()
+        else:
+            # A server that is down now cannot be tested: offer to skip that.
+            self._skip_check = self._not_answering()
         fields = _server_fields(self._server or self._defaults())
-        fields[probatio.Optional(CONF_SKIP_CHECK, default=False)] = BooleanSelector()
+        fields[probatio.Optional(CONF_SKIP_CHECK, default=self._skip_check)] = (
+            BooleanSelector()
+        )
+        placeholders = check.placeholders(self._server)
+        step_id = "user"
+        if self.source == SOURCE_RECONFIGURE:
+            # Its own step, so the form's title says which backend it changes.
+            step_id = "reconfigure"
+            placeholders["backend"] = self._get_reconfigure_subentry().title
         return self.async_show_form(
-            step_id="user", data_schema=probatio.Schema(fields), errors=errors
+            step_id=step_id,
+            data_schema=probatio.Schema(fields),
+            errors=check.errors,
+            description_placeholders=placeholders,
         )
 
     async_step_reconfigure = async_step_user
@@ -435,13 +501,13 @@ class BackendSubentryFlow(ConfigSubentryFlow):
     ) -> SubentryFlowResult:
         """Choose the model and limits."""
         kind = BackendKind(self._server[CONF_KIND])
-        errors: dict[str, str] = {}
+        check = _Check()
         if user_input is not None:
             data = {**self._server, **_model_data(user_input)}
-            errors = await _async_check_model(
+            check = await _async_check_model(
                 self.hass, data, reach_server=not self._skip_check
             )
-            if not errors:
+            if not check.errors:
                 if self.source == SOURCE_RECONFIGURE:
                     return self.async_update_and_abort(
                         self._get_entry(),
@@ -455,7 +521,8 @@ class BackendSubentryFlow(ConfigSubentryFlow):
             data_schema=_model_schema(
                 kind, self._models, user_input or self._defaults()
             ),
-            errors=errors,
+            errors=check.errors,
+            description_placeholders=check.placeholders(self._server),
         )
 
 

@@ -32,6 +32,8 @@ def _backend(state: BackendState) -> dict[str, Any]:
         "consecutive_failures": state.breaker.consecutive_failures,
         "requests": state.requests,
         "failures": state.failures,
+        "skipped": state.skipped,
+        "failed_probes": state.failed_probes,
         "waiting": state.waiting,
         "version": state.version,
         "capabilities": sorted(details) if details is not None else None,

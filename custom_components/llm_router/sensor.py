@@ -19,6 +19,7 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
 from .coordinator import BackendHealthCoordinator
+from .engine.errors import ErrorKind
 from .engine.models import BackendKind
 from .engine.router import BackendState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
@@ -35,6 +36,7 @@ class BackendSensorDescription(SensorEntityDescription):
     """A sensor read from what the router knows about a backend."""
 
     value_fn: Callable[[BackendState], StateType]
+    available_fn: Callable[[BackendState], bool] = lambda state: True
 
 
 def _loaded_model(state: BackendState) -> StateType:
@@ -71,6 +73,11 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
         value_fn=lambda s: s.last_stats.prompt_speed if s.last_stats else None,
+        # Servers that report no prompt tokens (llama-cpp-python) never have
+        # one: unavailable, rather than unknown forever, once that shows.
+        available_fn=lambda s: (
+            s.last_stats is None or s.last_stats.prompt_speed is not None
+        ),
     ),
     BackendSensorDescription(
         key="time_to_first_token",
@@ -94,6 +101,19 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         suggested_display_precision=2,
         value_fn=lambda s: s.last_stats.response_time if s.last_stats else None,
     ),
+)
+NO_ERROR = "none"
+LAST_ERROR = BackendSensorDescription(
+    key="last_error",
+    translation_key="last_error",
+    device_class=SensorDeviceClass.ENUM,
+    # A skip is not an error of the server; its breaker opened on one.
+    options=[
+        NO_ERROR,
+        *(kind for kind in ErrorKind if kind is not ErrorKind.CIRCUIT_OPEN),
+    ],
+    entity_category=EntityCategory.DIAGNOSTIC,
+    value_fn=lambda s: s.last_error.kind if s.last_error else NO_ERROR,
 )
 LOADED_MODEL = BackendSensorDescription(
     key="loaded_model",
@@ -126,6 +146,19 @@ BACKEND_COUNTERS: tuple[CounterDescription, ...] = (
         state_class=SensorStateClass.TOTAL_INCREASING,
         attribute="failures",
     ),
+    CounterDescription(
+        key="skipped_requests",
+        translation_key="skipped_requests",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        attribute="skipped",
+    ),
+    CounterDescription(
+        key="failed_health_checks",
+        translation_key="failed_health_checks",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        attribute="failed_probes",
+    ),
 )
 
 FALLBACKS = CounterDescription(
@@ -148,6 +181,7 @@ async def async_setup_entry(
             MeasurementSensor(entry, coordinator, description)
             for description in BACKEND_SENSORS
         ]
+        entities.append(LastErrorSensor(entry, coordinator, LAST_ERROR))
         if kind is BackendKind.OLLAMA:  # only Ollama says what it has loaded
             entities.append(LoadedModelSensor(entry, coordinator, LOADED_MODEL))
         entities += [
@@ -174,6 +208,11 @@ class BackendSensor(LLMRouterBackendEntity, SensorEntity):
         self.entity_description = description
 
     @property
+    def available(self) -> bool:
+        """Whether the backend can have a value for this sensor."""
+        return super().available and self.entity_description.available_fn(self.backend)
+
+    @property
     def native_value(self) -> StateType:
         """The sensor's value."""
         return self.entity_description.value_fn(self.backend)
@@ -197,6 +236,16 @@ class MeasurementSensor(BackendSensor, RestoreSensor):
         if self.backend.last_stats is None:
             return self._restored
         return super().native_value
+
+
+class LastErrorSensor(BackendSensor):
+    """Why the backend last failed, with the server's or client's own words."""
+
+    @property
+    def extra_state_attributes(self) -> Mapping[str, Any]:
+        """The error's message, such as "connection refused"."""
+        error = self.backend.last_error
+        return {"message": error.message if error else None}
 
 
 class LoadedModelSensor(BackendSensor):

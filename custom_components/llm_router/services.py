@@ -19,6 +19,7 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import (
     chat_session,
     config_validation as cv,
+    device_registry as dr,
     entity_registry as er,
 )
 import probatio
@@ -31,7 +32,7 @@ from .chat import (
 )
 from .const import DOMAIN
 from .engine.models import ChatMessage, ChatRequest
-from .engine.router import AllBackendsFailed, Router
+from .engine.router import AllBackendsFailed
 from .engine.stats import GenerationStats
 from .runtime import LLMRouterConfigEntry
 
@@ -116,29 +117,67 @@ def _router_entry(hass: HomeAssistant, call: ServiceCall) -> LLMRouterConfigEntr
     )
 
 
-def _backend(router: Router, call: ServiceCall) -> str | None:
-    """The backend an action is forced to, checked."""
-    name: str | None = call.data.get(ATTR_BACKEND)
-    if name is not None and name not in router.states:
+def _backend_of_device(
+    hass: HomeAssistant, device_id: str
+) -> tuple[LLMRouterConfigEntry, str] | None:
+    """The loaded router and backend name of a backend's device."""
+    device = dr.async_get(hass).async_get(device_id)
+    if device is None:
+        return None
+    for entry in hass.config_entries.async_loaded_entries(DOMAIN):
+        for name, subentry_id in entry.runtime_data.backend_subentries.items():
+            if (DOMAIN, subentry_id) in device.identifiers:
+                return entry, name
+    return None
+
+
+def _target(
+    hass: HomeAssistant, call: ServiceCall
+) -> tuple[LLMRouterConfigEntry, str | None]:
+    """The router an action is for, and the backend it is forced to, checked.
+
+    The backend is its device (what the action's form picks), which also
+    says the router, or its name.
+    """
+    backend: str | None = call.data.get(ATTR_BACKEND)
+    of_device = _backend_of_device(hass, backend) if backend else None
+    if of_device and ATTR_CONFIG_ENTRY_ID not in call.data:
+        return of_device
+    entry = _router_entry(hass, call)
+    if backend is None:
+        return entry, None
+    if of_device and of_device[0] is entry:
+        return of_device
+    router = entry.runtime_data.router
+    if backend not in router.states:
         raise ServiceValidationError(
             translation_domain=DOMAIN,
             translation_key="unknown_backend",
             translation_placeholders={
-                "backend": name,
+                "backend": backend,
                 "backends": ", ".join(router.states),
             },
         )
-    return name
+    return entry, backend
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _stats_data(stats: GenerationStats | None) -> dict[str, Any]:
-    """Stats as response data, in the sensors' units."""
+    """Stats as response data, rounded as the sensors show them.
+
+    Every key names its unit, so templates need not guess.
+    """
     ttft = stats.time_to_first_token if stats else None
     return {
-        "generation_speed": stats.generation_speed if stats else None,
-        "prompt_speed": stats.prompt_speed if stats else None,
-        "time_to_first_token": ttft * 1000 if ttft is not None else None,
-        "response_time": stats.response_time if stats else None,
+        "generation_tokens_per_s": _rounded(
+            stats.generation_speed if stats else None, 1
+        ),
+        "prompt_tokens_per_s": _rounded(stats.prompt_speed if stats else None, 1),
+        "time_to_first_token_ms": None if ttft is None else round(ttft * 1000),
+        "response_time_s": _rounded(stats.response_time if stats else None, 2),
         "completion_tokens": stats.completion_tokens if stats else None,
     }
 
@@ -151,9 +190,8 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         raise ServiceValidationError(
             translation_domain=DOMAIN, translation_key="empty_text"
         )
-    entry = _router_entry(hass, call)
+    entry, backend = _target(hass, call)
     router = entry.runtime_data.router
-    backend = _backend(router, call)
     agent_id = er.async_get(hass).async_get_entity_id(
         conversation.DOMAIN, DOMAIN, f"{entry.entry_id}_conversation"
     )
@@ -230,9 +268,8 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
 
 async def _async_benchmark(call: ServiceCall) -> ServiceResponse:
     """Run a short fixed prompt on one backend or all; respond with stats."""
-    entry = _router_entry(call.hass, call)
+    entry, forced = _target(call.hass, call)
     router = entry.runtime_data.router
-    forced = _backend(router, call)
     request = ChatRequest(messages=(ChatMessage("user", BENCHMARK_PROMPT),))
     results: dict[str, Any] = {}
     for name in [forced] if forced else list(router.states):

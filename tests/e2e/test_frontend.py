@@ -420,7 +420,7 @@ def test_backend_device_page_shows_live_sensors(
         and entity["disabled_by"] is None
         and entity["hidden_by"] is None
     }
-    requests_id = "sensor.pi_requests"
+    requests_id = "sensor.pi_requests_sent"
 
     with page.step("backend-device"):
         page.open(f"/config/devices/device/{pi['id']}")

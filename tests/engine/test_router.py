@@ -165,6 +165,8 @@ async def test_refused_backend_falls_back_and_is_skipped_next_turn() -> None:
     assert turn.attempts[0].error_kind is ErrorKind.CIRCUIT_OPEN
     assert turn.served_by == "Pi"
     assert turn.fell_back
+    # Skipped, not sent: counted apart from requests and their failures.
+    assert (gpu_state.requests, gpu_state.failures, gpu_state.skipped) == (1, 1, 1)
 
 
 async def test_cooldown_probes_until_backend_returns() -> None:
@@ -454,6 +456,7 @@ async def test_probe_results_feed_state_and_listeners() -> None:
     assert not await router.async_probe("GPU")
     assert state.online is False
     assert state.breaker.state is BreakerState.OPEN
+    assert (state.failed_probes, state.requests, state.failures) == (1, 0, 0)
     assert len(changes) == 2
     remove()
     await router.async_probe("GPU")

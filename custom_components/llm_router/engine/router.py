@@ -95,7 +95,11 @@ class BackendState:
     slots: asyncio.Semaphore
     online: bool | None = None
     requests: int = 0
+    """Requests sent, answered or failed."""
     failures: int = 0
+    skipped: int = 0
+    """Requests not sent because the breaker was open."""
+    failed_probes: int = 0
     last_stats: GenerationStats | None = None
     last_error: BackendError | None = None
     version: str | None = None
@@ -222,6 +226,7 @@ class Router:
 
     def _record_probe_failure(self, state: BackendState, error: BackendError) -> None:
         self._set_online(state, error)
+        state.failed_probes += 1
         state.last_error = error
         state.loaded_models = ()
         self._breaker_failure(state, error)
@@ -331,6 +336,7 @@ class Turn:
         try:
             for state in candidates:
                 if not state.breaker.allows():
+                    state.skipped += 1
                     self._note(
                         state,
                         Attempt(
