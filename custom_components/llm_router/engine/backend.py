@@ -22,6 +22,14 @@ class Backend(ABC):
     """Whether the server always returns reasoning in its own field when
     asked to think, so the answer text never starts inside reasoning."""
 
+    switches_thinking: ClassVar[bool] = False
+    """Whether think: false stops a thinking model; elsewhere the server's
+    own settings decide whether it thinks."""
+
+    loads_models: ClassVar[bool] = False
+    """Whether the server loads and unloads models (reported by probe() and
+    ServerStats.load_seconds) and load_model() can load one ahead of use."""
+
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
 
@@ -59,6 +67,10 @@ class Backend(ABC):
         models = await self.list_models()
         if models and self.config.model not in models:
             raise ModelNotFound(f"model '{self.config.model}' not found")
+
+    async def load_model(self) -> None:
+        """Load the configured model without generating (loads_models only)."""
+        raise NotImplementedError
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release what the backend owns (not shared sessions)."""

@@ -113,6 +113,8 @@ class OpenAIBackend(Backend):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.config.max_tokens is not None:
+            body["max_tokens"] = self.config.max_tokens
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
         if request.response_schema is not None:
