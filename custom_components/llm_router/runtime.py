@@ -15,17 +15,26 @@ from homeassistant.util.ssl import get_default_context
 from .const import (
     CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
+    CONF_HEDGING,
     CONF_KEEP_ALIVE,
+    CONF_KEEP_WARM,
     CONF_KIND,
+    CONF_LATENCY_BUDGET,
     CONF_MAX_PARALLEL,
+    CONF_MAX_TOKENS,
     CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
     CONF_THINK,
+    CONF_THINK_AUTO,
+    CONF_TURN_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
+    DEFAULT_LATENCY_BUDGET,
     DEFAULT_MAX_PARALLEL,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_PRIORITY,
+    DEFAULT_TURN_TIMEOUT,
     SUBENTRY_BACKEND,
 )
 from .engine.backend import Backend
@@ -33,7 +42,7 @@ from .engine.models import BackendConfig, BackendKind
 from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
-from .engine.router import Router
+from .engine.router import Router, RouterSettings
 
 if TYPE_CHECKING:
     from .chat import ChatReport
@@ -98,6 +107,9 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
             data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT)
         ),
         think=bool(data.get(CONF_THINK, False)),
+        think_auto=bool(data.get(CONF_THINK_AUTO, False)),
+        max_tokens=int(data.get(CONF_MAX_TOKENS, DEFAULT_MAX_TOKENS)),
+        keep_warm=data.get(CONF_KEEP_WARM),
         keep_alive=(
             parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
             if is_ollama and data.get(CONF_KEEP_ALIVE) is not None
@@ -106,6 +118,15 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
         num_ctx=int(data[CONF_NUM_CTX])
         if is_ollama and data.get(CONF_NUM_CTX)
         else None,
+    )
+
+
+def router_settings(options: Mapping[str, Any]) -> RouterSettings:
+    """The engine's router settings from the entry's options."""
+    return RouterSettings(
+        turn_timeout=float(options.get(CONF_TURN_TIMEOUT, DEFAULT_TURN_TIMEOUT)),
+        latency_budget=float(options.get(CONF_LATENCY_BUDGET, DEFAULT_LATENCY_BUDGET)),
+        hedging=bool(options.get(CONF_HEDGING, False)),
     )
 
 
@@ -132,11 +153,13 @@ def create_router(
     """Build the router for a config entry from its subentries and options."""
     subentries = backend_subentries(entry)
     backends = [create_backend(hass, backend_config(s.data)) for s in subentries]
+    settings = router_settings(entry.options)
     policy = create_policy(
-        PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
+        PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED)),
+        latency_budget=settings.latency_budget,
     )
     data = LLMRouterData(
-        router=Router(backends, policy=policy),
+        router=Router(backends, policy=policy, settings=settings),
         backend_subentries={s.data[CONF_NAME]: s.subentry_id for s in subentries},
         router_device_id=router_device_id,
     )
