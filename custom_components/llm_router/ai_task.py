@@ -77,6 +77,7 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
                 self.entity_id,
                 self.entry.options,
                 response_schema=schema,
+                spoken=False,
             )
         except AllBackendsFailed as err:
             raise backends_failed_error(err) from err

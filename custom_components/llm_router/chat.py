@@ -184,9 +184,12 @@ async def async_run_chat_log(
     backend: str | None = None,
     think: bool | None = None,
     response_schema: Mapping[str, Any] | None = None,
+    spoken: bool = True,
 ) -> ChatReport:
     """Answer the chat log, running tool calls, until the model is done.
 
+    spoken=False where nobody hears the answer as it streams (AI Task,
+    actions): an answer that breaks off is retried on the next backend.
     Raises AllBackendsFailed when no backend answered a model call.
     """
     api = chat_log.llm_api
@@ -201,7 +204,7 @@ async def async_run_chat_log(
             think=think,
             response_schema=response_schema,
         )
-        turn = router.route(request, backend=backend)
+        turn = router.route(request, backend=backend, spoken=spoken)
         report.turns.append(turn)
         async for _content in chat_log.async_add_delta_content_stream(
             agent_id, _deltas(turn)
@@ -228,6 +231,7 @@ async def async_answer(
     *,
     backend: str | None = None,
     think: bool | None = None,
+    spoken: bool = True,
 ) -> ChatReport:
     """Answer a user's input with the router's prompt and LLM API.
 
@@ -248,6 +252,7 @@ async def async_answer(
         options,
         backend=backend,
         think=think,
+        spoken=spoken,
     )
     entry.runtime_data.async_record(report)
     return report

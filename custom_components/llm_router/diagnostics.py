@@ -3,39 +3,56 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+import math
 from typing import Any
 
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.const import CONF_API_KEY
 from homeassistant.core import HomeAssistant
 
-from .engine.router import BackendState
+from .engine.router import BackendState, Router
 from .runtime import LLMRouterConfigEntry
 
 TO_REDACT = {CONF_API_KEY}
 
 
-def _backend(state: BackendState) -> dict[str, Any]:
+def _json_safe(data: Any) -> Any:
+    """Data with infinite times (a wait of unknown length) as None: not JSON."""
+    if isinstance(data, dict):
+        return {key: _json_safe(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_json_safe(value) for value in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def _backend(router: Router, state: BackendState) -> dict[str, Any]:
     details = state.details.capabilities if state.details else None
-    return {
-        "online": state.online,
-        "breaker": state.breaker.state,
-        "consecutive_failures": state.breaker.consecutive_failures,
-        "requests": state.requests,
-        "failures": state.failures,
-        "waiting": state.waiting,
-        "version": state.version,
-        "capabilities": sorted(details) if details is not None else None,
-        "unsupported": sorted(state.unsupported),
-        "loaded_models": [asdict(model) for model in state.loaded_models],
-        "last_error": (
-            {"kind": state.last_error.kind, "message": state.last_error.message}
-            if state.last_error
-            else None
-        ),
-        "last_stats": asdict(state.last_stats) if state.last_stats else None,
-        "recent_attempts": [asdict(attempt) for attempt in state.recent_attempts],
-    }
+    return _json_safe(
+        {
+            "online": state.online,
+            "breaker": state.breaker.state,
+            "consecutive_failures": state.breaker.consecutive_failures,
+            "requests": state.requests,
+            "failures": state.failures,
+            "waiting": state.waiting,
+            "version": state.version,
+            "capabilities": sorted(details) if details is not None else None,
+            "unsupported": sorted(state.unsupported),
+            "loaded_models": [asdict(model) for model in state.loaded_models],
+            "last_error": (
+                {"kind": state.last_error.kind, "message": state.last_error.message}
+                if state.last_error
+                else None
+            ),
+            "last_stats": asdict(state.last_stats) if state.last_stats else None,
+            "recent_attempts": [asdict(attempt) for attempt in state.recent_attempts],
+            "time_to_first_word": state.last_first_word,
+            "keeps_warm": router.keeps_warm(state),
+            "prediction": asdict(router.forecast(state.name)),
+        }
+    )
 
 
 async def async_get_config_entry_diagnostics(
@@ -50,7 +67,7 @@ async def async_get_config_entry_diagnostics(
                 "config": async_redact_data(
                     dict(entry.subentries[subentry_id].data), TO_REDACT
                 ),
-                "health": _backend(data.router.states[name]),
+                "health": _backend(data.router, data.router.states[name]),
             }
             for name, subentry_id in data.backend_subentries.items()
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+import math
 from typing import Any
 
 from homeassistant.components.sensor import (
@@ -20,6 +21,7 @@ from homeassistant.helpers.typing import StateType
 
 from .coordinator import BackendHealthCoordinator
 from .engine.models import BackendKind
+from .engine.predictor import Forecast
 from .engine.router import BackendState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
 from .runtime import LLMRouterConfigEntry, LLMRouterData
@@ -86,6 +88,18 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         ),
     ),
     BackendSensorDescription(
+        key="time_to_first_word",
+        translation_key="time_to_first_word",
+        device_class=SensorDeviceClass.DURATION,
+        native_unit_of_measurement=UnitOfTime.MILLISECONDS,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=0,
+        # Reasoning and model loads are no words: this is what a voice user waits.
+        value_fn=lambda s: (
+            s.last_first_word * 1000 if s.last_first_word is not None else None
+        ),
+    ),
+    BackendSensorDescription(
         key="response_time",
         translation_key="response_time",
         device_class=SensorDeviceClass.DURATION,
@@ -94,6 +108,14 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         suggested_display_precision=2,
         value_fn=lambda s: s.last_stats.response_time if s.last_stats else None,
     ),
+)
+PREDICTED_FIRST_WORD = SensorEntityDescription(
+    key="predicted_first_word",
+    translation_key="predicted_first_word",
+    device_class=SensorDeviceClass.DURATION,
+    native_unit_of_measurement=UnitOfTime.MILLISECONDS,
+    state_class=SensorStateClass.MEASUREMENT,
+    suggested_display_precision=0,
 )
 LOADED_MODEL = BackendSensorDescription(
     key="loaded_model",
@@ -148,6 +170,7 @@ async def async_setup_entry(
             BackendSensor(entry, coordinator, description)
             for description in BACKEND_SENSORS
         ]
+        entities.append(PredictionSensor(entry, coordinator, PREDICTED_FIRST_WORD))
         if kind is BackendKind.OLLAMA:  # only Ollama says what it has loaded
             entities.append(LoadedModelSensor(entry, coordinator, LOADED_MODEL))
         entities += [
@@ -177,6 +200,49 @@ class BackendSensor(LLMRouterBackendEntity, SensorEntity):
     def native_value(self) -> StateType:
         """The sensor's value."""
         return self.entity_description.value_fn(self.backend)
+
+
+class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
+    """The backend's predicted time to the first answer word of a short request.
+
+    Its parts (queue, model load, prompt, reasoning, network) are attributes.
+    """
+
+    _unrecorded_attributes = frozenset(
+        {"queue", "load", "prompt", "reasoning", "network", "think"}
+    )
+
+    def __init__(
+        self,
+        entry: LLMRouterConfigEntry,
+        coordinator: BackendHealthCoordinator,
+        description: SensorEntityDescription,
+    ) -> None:
+        """Create the sensor."""
+        super().__init__(entry, coordinator, description.key)
+        self.entity_description = description
+
+    def _forecast(self) -> Forecast:
+        return self.coordinator.router.forecast(self.coordinator.backend_name)
+
+    @property
+    def native_value(self) -> float | None:
+        """Milliseconds; unknown while the backend is busy for an unknown time."""
+        total = self._forecast().total
+        return round(total * 1000, 1) if math.isfinite(total) else None
+
+    @property
+    def extra_state_attributes(self) -> Mapping[str, Any]:
+        """The parts of the prediction, in seconds."""
+        forecast = self._forecast()
+        return {
+            "queue": forecast.queue,
+            "load": forecast.load,
+            "prompt": round(forecast.prompt, 3),
+            "reasoning": round(forecast.reasoning, 3),
+            "network": round(forecast.network, 3),
+            "think": forecast.think,
+        }
 
 
 class LoadedModelSensor(BackendSensor):

@@ -428,9 +428,7 @@ async def test_fastest_predicts_a_cold_load_from_the_servers_list() -> None:
         assert router.forecast("Pi").load == 9.0  # not loaded; a guess so far
         turn, _ = await collect(router)
         assert turn.stats is not None
-        assert turn.stats.load_time == pytest.approx(
-            0.2, abs=0.1
-        )
+        assert turn.stats.load_time == pytest.approx(0.2, abs=0.1)
         assert router.forecast("Pi").load == 0.0  # loaded now
         router.states["Pi"].loaded_until = -math.inf  # unloaded again
         assert router.forecast("Pi").load == pytest.approx(0.2, abs=0.1)  # learnt

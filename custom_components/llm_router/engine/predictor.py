@@ -72,22 +72,6 @@ class Forecast:
         """Seconds from now to the first answer word."""
         return self.queue + self.load + self.prompt + self.reasoning + self.network
 
-    def as_dict(self) -> dict[str, float | bool]:
-        """The parts, for diagnostics and action responses (seconds)."""
-        return {
-            "total": _rounded(self.total),
-            "queue": _rounded(self.queue),
-            "load": _rounded(self.load),
-            "prompt": _rounded(self.prompt),
-            "reasoning": _rounded(self.reasoning),
-            "network": _rounded(self.network),
-            "think": self.think,
-        }
-
-
-def _rounded(seconds: float) -> float:
-    return round(seconds, 3) if math.isfinite(seconds) else seconds
-
 
 @dataclass(slots=True)
 class _Average:

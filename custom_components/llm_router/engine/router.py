@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -250,11 +250,18 @@ class Router:
         )
 
     def candidates(
-        self, forecasts: dict[str, Forecast], only: str | None = None
+        self,
+        only: str | None = None,
+        forecasts: Mapping[str, Forecast] | None = None,
     ) -> list[BackendState]:
-        """Backends in the order the policy tries them."""
+        """Backends in the order the policy tries them.
+
+        forecasts: each backend's for the request (default: for a short one).
+        """
         if only is not None:
             return [self.states[only]]
+        if forecasts is None:
+            forecasts = {name: self.forecast(name) for name in self.states}
         return self.policy.order(list(self.states.values()), forecasts)
 
     async def async_probe(self, name: str) -> bool:
@@ -495,7 +502,7 @@ class Turn:
         self._deadline = now + router.settings.turn_timeout
         names = [self._only] if self._only is not None else list(router.states)
         forecasts = {name: router.forecast(name, self._request, now) for name in names}
-        candidates = router.candidates(forecasts, self._only)
+        candidates = router.candidates(self._only, forecasts)
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
         racing: list[_Attempt] = []
