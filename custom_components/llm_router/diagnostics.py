@@ -29,7 +29,7 @@ def _json_safe(data: Any) -> Any:
 
 def _backend(router: Router, state: BackendState) -> dict[str, Any]:
     details = state.details.capabilities if state.details else None
-    return _json_safe(
+    health: dict[str, Any] = _json_safe(
         {
             "online": state.online,
             "breaker": state.breaker.state,
@@ -53,6 +53,7 @@ def _backend(router: Router, state: BackendState) -> dict[str, Any]:
             "prediction": asdict(router.forecast(state.name)),
         }
     )
+    return health
 
 
 async def async_get_config_entry_diagnostics(
