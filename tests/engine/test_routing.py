@@ -37,6 +37,7 @@ from custom_components.llm_router.engine.policy import (
 )
 from custom_components.llm_router.engine.predictor import (
     Forecast,
+    Hold,
     LatencyModel,
     Observation,
     PredictorSettings,
@@ -52,6 +53,7 @@ from custom_components.llm_router.engine.router import (
 from custom_components.llm_router.engine.stats import GenerationStats
 from tests.conftest import until
 from tests.engine.test_router import (
+    ANSWER,
     HANG,
     REQUEST,
     ScriptedBackend,
@@ -116,6 +118,7 @@ def learn(router: Router, name: str, *, now: float = 0.0, **values: Any) -> None
             reasoning_tokens=reasoning,
             thought=thought,
             slot_seconds=values.get("response_time", 1.0),
+            answer_seconds=None,
         ),
         now,
         router.settings.predictor,
@@ -325,7 +328,12 @@ def test_congestion_fades_but_the_floor_stays() -> None:
     for now, ttft in ((0.0, 0.2), (1.0, 5.2)):
         model.observe(
             Observation(
-                stats(time_to_first_token=ttft, prompt_tokens=0), None, 0, False, 1.0
+                stats(time_to_first_token=ttft, prompt_tokens=0),
+                None,
+                0,
+                False,
+                1.0,
+                None,
             ),
             now,
             settings,
@@ -346,12 +354,13 @@ def test_hedge_delay_is_a_clamped_quantile_of_recent_first_words() -> None:
     model = LatencyModel()
     settings = PredictorSettings(hedge_min=0.5, hedge_max=4.0)
     assert model.hedge_delay(Forecast(network=1.0), settings) == 1.5
-    model.first_words.extend([0.1] * 9 + [2.0])
+    plain = model.first_words[False]
+    plain.extend([0.1] * 9 + [2.0])
+    model.first_words[True].extend([30.0] * 10)  # thinking answers: their own
     assert model.hedge_delay(Forecast(), settings) == 2.0
-    model.first_words.extend([0.1] * 10)
+    plain.extend([0.1] * 10)
     assert model.hedge_delay(Forecast(), settings) == 0.5
-    model.first_words.extend([60.0] * 20)
-    assert model.hedge_delay(Forecast(), settings) == 4.0
+    assert model.hedge_delay(Forecast(think=True), settings) == 4.0
 
 
 async def test_expected_wait_from_slot_hold_times() -> None:
@@ -359,12 +368,30 @@ async def test_expected_wait_from_slot_hold_times() -> None:
     state = router.states["Pi"]
     assert router.forecast("Pi", now=100.0).queue == 0.0
     await state.slots.acquire()
-    state.holding.append(96.0)
+    state.holding.append(Hold(96.0, None))
     assert router.forecast("Pi", now=100.0).queue == math.inf  # hold time unknown
+    state.holding[0] = Hold(96.0, 10.0)
     learn(router, "Pi", response_time=10.0)
     state.waiting = 1
     # 6 s left of the running answer, then one more in line ahead of us.
     assert router.forecast("Pi", now=100.0).queue == pytest.approx(16.0)
+    state.waiting = 0
+    # An answer 4 s late is expected to run 4 s longer.
+    assert router.forecast("Pi", now=106.0).queue == pytest.approx(0.0)
+    assert router.forecast("Pi", now=114.0).queue == pytest.approx(8.0)
+    state.slots.release()
+
+
+def test_expected_hold_is_the_prediction_then_the_usual_answer() -> None:
+    model = LatencyModel()
+    assert model.expected_hold(Forecast(network=1.0)) is None
+    served = Observation(stats(), None, 0, False, 5.0, None)
+    model.observe(served, 0.0, PredictorSettings())
+    assert model.expected_hold(Forecast(network=1.0)) == 5.0  # as slots were held
+    model.observe(
+        Observation(stats(), 1.0, 0, False, 5.0, 4.0), 0.0, PredictorSettings()
+    )
+    assert model.expected_hold(Forecast(queue=9.0, reasoning=30.0)) == 34.0
 
 
 @pytest.mark.parametrize(
@@ -664,3 +691,40 @@ async def test_failed_warm_up_is_no_failure() -> None:
         await until(lambda: fake.chat_bodies and not router._warm_ups)
         assert router.states["Pi"].failures == 0
         assert router.states["Pi"].loading_since is None
+
+
+async def test_first_token_deadline_spent_in_line_is_no_failure() -> None:
+    class SlowThenSilent(ScriptedBackend):
+        async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+            self.requests.append(request)
+            await asyncio.sleep(0.15 if len(self.requests) == 1 else 3600)
+            for event in ANSWER:
+                yield event
+
+    pi = SlowThenSilent("Pi", first_token_timeout=0.2)
+    router = TrackedRouter([pi])
+    first = asyncio.create_task(collect(router))
+    await until(lambda: pi.requests)
+    with pytest.raises(AllBackendsFailed) as caught:
+        await collect(router)
+    await first
+    attempt = caught.value.attempts[0]
+    assert attempt.error_kind is ErrorKind.BUSY
+    assert attempt.error is not None
+    assert attempt.error.endswith("s of it in line")
+    assert router.states["Pi"].failures == 0
+
+
+async def test_hedge_waits_until_the_other_is_expected_to_be_sooner() -> None:
+    """A backend running late is hedged once the next would answer first."""
+    slow = ScriptedBackend("Slow", 1)
+    slow.streams = [[HANG]]
+    pi = ScriptedBackend("Pi", 2)
+    router = TrackedRouter([slow, pi], settings=hedging(0.01))
+    learn(router, "Pi", time_to_first_token=0.15, prompt_tokens=0)
+    task = asyncio.create_task(collect(router))
+    await asyncio.sleep(0.08)
+    assert pi.requests == []  # the Pi would not be sooner yet
+    turn, _ = await task
+    assert turn.served_by == "Pi"
+    assert turn.attempts[-1].decision is Decision.HEDGE

@@ -108,8 +108,10 @@ class FakeOllama(FakeServer):
         self.loads = 0
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(parallel) if parallel else None
-        # When the last accepted chat is expected to be done (parallel=1).
-        self.free_at = 0.0
+        # Chats accepted and not done: how long each takes once it has a
+        # slot, and when the one being answered started (parallel=1).
+        self._durations: dict[int, float] = {}
+        self._answering: tuple[int, float] | None = None
         self.version = version
         self.running = list(running)
         self.api_key = api_key
@@ -185,6 +187,16 @@ class FakeOllama(FakeServer):
                 ]
             }
         )
+
+    @property
+    def free_at(self) -> float:
+        """When every accepted chat is expected to be done (time.monotonic())."""
+        now = time.monotonic()
+        left = sum(self._durations.values())
+        if self._answering is not None:
+            key, since = self._answering
+            left -= min(self._durations[key], now - since)
+        return now + left
 
     def is_loaded(self, name: str) -> bool:
         """Whether a model is loaded now (always, without load modelling)."""
@@ -274,18 +286,23 @@ class FakeOllama(FakeServer):
             return _error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, thinks=caps is not None and bool(think))
         if body.get("stream", True):
-            now = time.monotonic()
             load = 0.0 if self.is_loaded(tagged) else self.load_seconds or 0.0
             pace = reply.tokens_per_second
-            self.free_at = (
-                max(now, self.free_at)
-                + load
+            key = id(answer)
+            self._durations[key] = (
+                load
                 + reply.stall_before_first
                 + (len(answer.messages) / pace if pace else 0.0)
             )
-            async with self._slot():
-                answer.load_seconds = await self._load(tagged)
-                response = await _stream(request, answer, started)
+            try:
+                async with self._slot():
+                    self._answering = (key, time.monotonic())
+                    answer.load_seconds = await self._load(tagged)
+                    response = await _stream(request, answer, started)
+            finally:
+                del self._durations[key]
+                if self._answering and self._answering[0] == key:
+                    self._answering = None
             self._keep(tagged, body.get("keep_alive"))
             return response
         await asyncio.sleep(reply.stall_before_first)

@@ -44,7 +44,7 @@ class PredictorSettings:
     network_seconds: float = 0.1
     load_noticeable: float = 0.5
     """A reported load time above this means the model was loaded."""
-    congestion_fades: float = 120.0
+    congestion_fades: float = 30.0
     """Seconds over which extra delay seen at a server (another client's
     queue) is forgotten when no newer answer says otherwise."""
     hedge_quantile: float = 0.9
@@ -70,7 +70,17 @@ class Forecast:
     @property
     def total(self) -> float:
         """Seconds from now to the first answer word."""
-        return self.queue + self.load + self.prompt + self.reasoning + self.network
+        return self.queue + self.served
+
+    @property
+    def served(self) -> float:
+        """Seconds from having a slot to the first answer word."""
+        return self.load + self.prompt + self.reasoning + self.network
+
+    def remaining(self, elapsed: float) -> float:
+        """Seconds still to wait after elapsed; an answer running late is
+        expected to run later still, by as much as it is late."""
+        return abs(self.total - elapsed)
 
 
 @dataclass(slots=True)
@@ -100,6 +110,8 @@ class Observation:
     thought: bool
     slot_seconds: float
     """How long the attempt held its slot: what the next in line waits."""
+    answer_seconds: float | None
+    """Of that, the time after its first answer word."""
 
 
 @dataclass(slots=True)
@@ -111,11 +123,15 @@ class LatencyModel:
     reasoning_tokens: _Average = field(default_factory=_Average)
     load_seconds: _Average = field(default_factory=_Average)
     slot_seconds: _Average = field(default_factory=_Average)
+    answer_seconds: _Average = field(default_factory=_Average)
     network_floor: float | None = None
     """The least network time seen: the part without congestion."""
     congestion: float = 0.0
     congestion_at: float = 0.0
-    first_words: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    first_words: dict[bool, deque[float]] = field(
+        default_factory=lambda: {False: deque(maxlen=20), True: deque(maxlen=20)}
+    )
+    """Recent times to the first answer word, without and with thinking."""
 
     def observe(
         self, seen: Observation, now: float, settings: PredictorSettings
@@ -133,8 +149,10 @@ class LatencyModel:
         if load > settings.load_noticeable:
             self.load_seconds.add(load, weight)
         self.slot_seconds.add(seen.slot_seconds, weight)
+        if seen.answer_seconds is not None:
+            self.answer_seconds.add(seen.answer_seconds, weight)
         if seen.first_word is not None:
-            self.first_words.append(seen.first_word)
+            self.first_words[seen.thought].append(seen.first_word)
         if stats.time_to_first_token is not None:
             prompt = (
                 stats.prompt_tokens / stats.prompt_speed
@@ -168,10 +186,21 @@ class LatencyModel:
             -age / settings.congestion_fades
         )
 
+    def expected_hold(self, predicted: Forecast) -> float | None:
+        """How long a request just sent will hold its slot; None: unknown.
+
+        Its own prediction to the first word, then the usual answer time.
+        """
+        answer = self.answer_seconds.value
+        if answer is None:
+            return self.slot_seconds.value
+        return predicted.served + answer
+
     def hedge_delay(self, predicted: Forecast, settings: PredictorSettings) -> float:
-        """How long to wait for an answer word before starting a second backend."""
-        if self.first_words:
-            ordered = sorted(self.first_words)
+        """How long to wait for an answer word before starting a second backend:
+        a high quantile of recent times, thinking or not as predicted."""
+        if recent := self.first_words[predicted.think]:
+            ordered = sorted(recent)
             index = min(len(ordered) - 1, int(settings.hedge_quantile * len(ordered)))
             delay = ordered[index]
         else:
@@ -184,19 +213,33 @@ def prompt_tokens(request: ChatRequest) -> int:
     return sum(len(message.content) // 4 + 4 for message in request.messages)
 
 
+@dataclass(eq=False, slots=True)
+class Hold:
+    """A slot in use: since when (loop time), and for how long it is expected."""
+
+    since: float
+    expected: float | None
+
+
 def expected_wait(state: BackendState, now: float) -> float:
     """Seconds until one of our slots would be ours; inf when unknowable."""
     if state.has_free_slot():
         return 0.0
     slots = max(1, state.config.max_parallel)
-    hold = state.latency.slot_seconds.value
-    if hold is None:
+    typical = state.latency.slot_seconds.value
+    free_at: list[float] = []
+    for hold in state.holding:
+        if hold.expected is None:
+            return math.inf
+        # An answer running late is expected to run later still.
+        free_at.append(abs(hold.expected - (now - hold.since)))
+    if state.waiting and typical is None:
         return math.inf
-    free_at = [max(0.0, hold - (now - since)) for since in state.holding]
     free_at += [0.0] * (slots - len(free_at))
     heapq.heapify(free_at)
     for _ in range(state.waiting):  # those already in line go first
-        heapq.heappush(free_at, heapq.heappop(free_at) + hold)
+        assert typical is not None
+        heapq.heappush(free_at, heapq.heappop(free_at) + typical)
     return free_at[0]
 
 

@@ -39,6 +39,7 @@ from .models import (
 from .policy import OrderedPolicy, Policy
 from .predictor import (
     Forecast,
+    Hold,
     LatencyModel,
     Observation,
     PredictorSettings,
@@ -148,8 +149,8 @@ class BackendState:
     details: ModelDetails | None = None
     unsupported: set[Capability] = field(default_factory=set)
     waiting: int = 0
-    holding: list[float] = field(default_factory=list)
-    """When each slot in use was taken (loop time)."""
+    holding: list[Hold] = field(default_factory=list)
+    """The slots in use: since when, and for how long they are expected."""
     latency: LatencyModel = field(default_factory=LatencyModel)
     loaded_until: float = math.inf
     """When the server unloads the model (loop time); inf until known."""
@@ -433,6 +434,9 @@ class Router:
                 reasoning_tokens=attempt.reasoning_tokens,
                 thought=attempt.forecast.think,
                 slot_seconds=attempt.slot_seconds,
+                answer_seconds=None
+                if attempt.first_word is None
+                else attempt.slot_seconds - (attempt.first_word - attempt.queued),
             ),
             loop.time(),
             self.settings.predictor,
@@ -526,17 +530,23 @@ class Turn:
                 await attempt.close()
             router._changed()
 
-    def _start_next(self, *, hedge: bool = False) -> _Attempt | None:
+    def _start_next(self, *, beat: float | None = None) -> _Attempt | None:
         """Start the next backend to try, noting those passed over.
 
         A backend that is busy and expected to stay so beyond its budget is
         passed over while another may answer; it is asked last, in line.
-        A hedge takes the next backend that would answer at once.
+        With beat, a hedge: the next backend that would answer at once and
+        is expected to say its first word within beat seconds.
         """
         router = self._router
         now = asyncio.get_running_loop().time()
+        hedge = beat is not None
         for state in list(self._pending):
-            if hedge and not (state.breaker.allows() and state.has_free_slot()):
+            if beat is not None and not (
+                state.breaker.allows()
+                and state.has_free_slot()
+                and router.forecast(state.name, self._request, now).total <= beat
+            ):
                 continue
             self._pending.remove(state)
             if not state.breaker.allows():
@@ -594,15 +604,31 @@ class Turn:
                 delay = primary.state.latency.hedge_delay(
                     primary.forecast, settings.predictor
                 )
-                timeout = max(0.0, primary.started + delay - loop.time())
+                timeout = max(
+                    0.0,
+                    primary.started + delay - loop.time(),
+                    primary.hedge_not_before - loop.time(),
+                )
             pulls = {attempt.pull(): attempt for attempt in racing}
             done, _ = await asyncio.wait(
                 pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                racing[0].hedged = True
-                if hedge := self._start_next(hedge=True):
+                # Worth it only for a backend expected to answer before this
+                # one: as it runs later, that is more of them. Checked again
+                # until one is started.
+                primary = racing[0]
+                beat = max(
+                    primary.forecast.total,
+                    primary.forecast.remaining(primary.elapsed()),
+                )
+                if hedge := self._start_next(beat=beat):
+                    primary.hedged = True
                     racing.append(hedge)
+                else:
+                    primary.hedge_not_before = (
+                        loop.time() + settings.predictor.hedge_min
+                    )
                 continue
             for pull in done:
                 attempt = pulls[pull]
@@ -692,6 +718,7 @@ class _Attempt:
         self._turn_deadline = turn._deadline
         self.started = asyncio.get_running_loop().time()
         self.hedged = False
+        self.hedge_not_before = 0.0
         self.answering = False
         self.queued = 0.0
         self.slot_seconds = 0.0
@@ -764,9 +791,13 @@ class _Attempt:
         )
 
     def _late(self, limit: float, reason: str) -> BackendError:
-        """The error for a deadline: the backend's, unless the turn's was first."""
+        """The error for a deadline: the backend's, unless the turn's was first
+        or the wait for a slot took most of its budget."""
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
+        budget = self.state.config.first_token_timeout
+        if self.first_word is None and self.queued > budget / 2:
+            return BackendBusy(f"{reason}, {self.queued:.0f} s of it in line")
         return BackendTimeout(reason)
 
     async def _run(self) -> AsyncGenerator[RouterEvent]:
@@ -787,7 +818,8 @@ class _Attempt:
             self._leave_line()
         taken = loop.time()
         self.queued = taken - self.started
-        state.holding.append(taken)
+        hold = Hold(taken, state.latency.expected_hold(self.forecast))
+        state.holding.append(hold)
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
@@ -808,7 +840,7 @@ class _Attempt:
                     # Learnt the hard way: retry at once without the feature.
                     state.unsupported.add(Capability(err.capability))
         finally:
-            state.holding.remove(taken)
+            state.holding.remove(hold)
             self.slot_seconds = loop.time() - taken
             state.slots.release()
 
