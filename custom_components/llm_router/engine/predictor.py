@@ -78,8 +78,11 @@ class Forecast:
         return self.load + self.prompt + self.reasoning + self.network
 
     def remaining(self, elapsed: float) -> float:
-        """Seconds still to wait after elapsed; an answer running late is
-        expected to run later still, by as much as it is late."""
+        """Seconds still to wait after elapsed.
+
+        An answer running late is expected to run later still, by as much as
+        it is late.
+        """
         return abs(self.total - elapsed)
 
 
@@ -197,8 +200,10 @@ class LatencyModel:
         return predicted.served + answer
 
     def hedge_delay(self, predicted: Forecast, settings: PredictorSettings) -> float:
-        """How long to wait for an answer word before starting a second backend:
-        a high quantile of recent times, thinking or not as predicted."""
+        """How long to wait for an answer word before starting a second backend.
+
+        A high quantile of recent times, thinking or not as predicted.
+        """
         if recent := self.first_words[predicted.think]:
             ordered = sorted(recent)
             index = min(len(ordered) - 1, int(settings.hedge_quantile * len(ordered)))

@@ -791,8 +791,11 @@ class _Attempt:
         )
 
     def _late(self, limit: float, reason: str) -> BackendError:
-        """The error for a deadline: the backend's, unless the turn's was first
-        or the wait for a slot took most of its budget."""
+        """The error for a deadline: the backend's, unless it is not to blame.
+
+        Not when the turn's deadline came first, nor when the wait for a
+        slot took most of the budget.
+        """
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
         budget = self.state.config.first_token_timeout
