@@ -728,3 +728,33 @@ async def test_hedge_waits_until_the_other_is_expected_to_be_sooner() -> None:
     turn, _ = await task
     assert turn.served_by == "Pi"
     assert turn.attempts[-1].decision is Decision.HEDGE
+
+
+class Paced(ScriptedBackend):
+    """Streams its answer a word every `every` seconds."""
+
+    every = 0.03
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        self.requests.append(request)
+        for word in ("One", " two", " three", " four", " five"):
+            await asyncio.sleep(self.every)
+            yield TextDelta(word)
+        yield ServerStats()
+
+
+async def test_steady_stream_slower_in_all_than_the_stall_deadline() -> None:
+    pi = Paced("Pi", stall_timeout=0.05, first_token_timeout=0.05)
+    _, events = await collect(TrackedRouter([pi]))
+    assert answer_of(events) == "One two three four five"
+
+
+async def test_a_slow_listener_is_no_stall_of_the_server() -> None:
+    pi = Paced("Pi", stall_timeout=0.05)
+    pi.every = 0.0
+    listened: list[str] = []
+    async for event in TrackedRouter([pi]).route(REQUEST):
+        assert isinstance(event, TextDelta)
+        listened.append(event.text)
+        await asyncio.sleep(0.08)  # longer than the stall deadline
+    assert "".join(listened) == "One two three four five"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -757,10 +764,9 @@ class _Attempt:
         held, self._held = self._held, []
         return held
 
-    async def rest(self) -> AsyncIterator[RouterEvent]:
+    def rest(self) -> AsyncIterator[RouterEvent]:
         """The events after the first answer piece."""
-        async for event in self._events:
-            yield event
+        return self._events
 
     async def close(self) -> None:
         """Stop the attempt: its stream is closed and its slot freed."""
@@ -870,21 +876,25 @@ class _Attempt:
         clock = StreamClock(started=loop.time())
         server_stats: ServerStats | None = None
         stream = state.backend.chat(request)
+        watchdog = _Watchdog()
         try:
             while True:
                 waiting_first = clock.first_token is None
-                if waiting_first:
-                    limit = first_deadline
-                    reason = f"no first token within {config.first_token_timeout:g} s"
-                else:
-                    limit = min(loop.time() + config.stall_timeout, self._turn_deadline)
-                    reason = f"stalled for {config.stall_timeout:g} s"
+                limit = (
+                    first_deadline
+                    if waiting_first
+                    else min(loop.time() + config.stall_timeout, self._turn_deadline)
+                )
                 try:
-                    async with asyncio.timeout_at(limit):
-                        event = await anext(stream)
+                    event = await watchdog.wait(anext(stream), limit)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
+                    reason = (
+                        f"no first token within {config.first_token_timeout:g} s"
+                        if waiting_first
+                        else f"stalled for {config.stall_timeout:g} s"
+                    )
                     raise self._late(limit, reason) from None
                 match event:
                     case ServerStats():
@@ -904,6 +914,7 @@ class _Attempt:
                         self.answering = True
                         yield event
         finally:
+            watchdog.stop()
             await stream.aclose()
         split = splitter.flush()
         for out in self._split_events(split.reasoning, split.answer):
@@ -930,3 +941,54 @@ class _Attempt:
             self.answering = True
             events.append(TextDelta(answer))
         return events
+
+
+class _Watchdog:
+    """Deadlines for the awaits of one stream, with one timer between them.
+
+    A timeout per chunk costs a timer per chunk; here each await only moves
+    the deadline, and the timer, when it fires early, waits on. The awaiting
+    task may change from one await to the next (a race's task, then the
+    turn's), so it is noted at each.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._limit = 0.0
+        self._task: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def wait[T](self, awaitable: Awaitable[T], limit: float) -> T:
+        """Await awaitable; TimeoutError when limit (loop time) passes first."""
+        self._limit = limit
+        self._task = asyncio.current_task()
+        if self._timer is None or self._timer.when() > limit:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(limit, self._fire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._expired and self._task is not None and not self._task.uncancel():
+                raise TimeoutError from None
+            raise
+        finally:
+            self._task = None
+            self._expired = False
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._task is None:
+            return  # between awaits: the next one sets the timer again
+        if self._loop.time() < self._limit:
+            self._timer = self._loop.call_at(self._limit, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """No more awaits: drop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
