@@ -758,3 +758,32 @@ async def test_a_slow_listener_is_no_stall_of_the_server() -> None:
         listened.append(event.text)
         await asyncio.sleep(0.08)  # longer than the stall deadline
     assert "".join(listened) == "One two three four five"
+
+
+async def test_passed_over_backend_is_asked_in_line_when_the_rest_fail() -> None:
+    pi, gpu = Gated("Pi", 1), ScriptedBackend("GPU", 2)
+    gpu.streams = [[BackendServerError("HTTP 500")]]
+    router = TrackedRouter([pi, gpu])
+    first = await busy_turn(router, pi)
+    second = asyncio.create_task(collect(router))
+    await until(lambda: router.states["Pi"].waiting == 1)
+    pi.gate.set()
+    await first
+    turn, _ = await second
+    assert [(a.backend, a.decision, a.error_kind) for a in turn.attempts] == [
+        ("Pi", Decision.SKIPPED, ErrorKind.BUSY),
+        ("GPU", Decision.FALLBACK, ErrorKind.SERVER_ERROR),
+        ("Pi", Decision.QUEUED, None),
+    ]
+    assert turn.served_by == "Pi"
+
+
+async def test_abandoned_turn_closes_its_stream_and_frees_its_slot() -> None:
+    pi = Gated("Pi")
+    router = TrackedRouter([pi])
+    events = aiter(router.route(REQUEST))
+    assert await anext(events) == TextDelta("first")
+    await events.aclose()  # type: ignore[attr-defined]
+    assert pi.closed_streams == 1
+    assert router.states["Pi"].has_free_slot()
+    assert router.states["Pi"].failures == 0

@@ -12,6 +12,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -837,8 +838,12 @@ class _Attempt:
                 raise self._late(first_deadline, "no answer in time") from None
             while True:
                 try:
-                    async for event in self._stream(self._adapt(), first_deadline):
-                        yield event
+                    # Closed here, so that an abandoned turn closes the stream.
+                    async with aclosing(
+                        self._stream(self._adapt(), first_deadline)
+                    ) as events:
+                        async for event in events:
+                            yield event
                     return
                 except CapabilityUnsupported as err:
                     if (
@@ -864,7 +869,7 @@ class _Attempt:
 
     async def _stream(
         self, request: ChatRequest, first_deadline: float
-    ) -> AsyncIterator[RouterEvent]:
+    ) -> AsyncGenerator[RouterEvent]:
         state = self.state
         config = state.config
         loop = asyncio.get_running_loop()
