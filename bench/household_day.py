@@ -46,6 +46,7 @@ import logging
 import math
 import statistics
 import time
+from typing import Any
 
 import aiohttp
 
@@ -154,9 +155,8 @@ class HouseholdOllama(FakeOllama):
         self.scale = scale
         self.queue_waits: dict[int, float] = {}
 
-    def next_reply(self) -> Reply:
-        # The request being served is the one just recorded (no await between).
-        text = self.requests[-1]["body"]["messages"][-1]["content"]
+    def next_reply(self, body: Any) -> Reply:
+        text = body["messages"][-1]["content"]
         words = ["word"] * ANSWER_TOKENS
         reasoning = 0
         if text.startswith("other"):

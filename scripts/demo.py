@@ -15,7 +15,6 @@ import time
 
 from tests.e2e.harness import (
     LLM_MODEL,
-    BackendSpec,
     Credentials,
     HarnessError,
     HassClient,
@@ -23,16 +22,19 @@ from tests.e2e.harness import (
     Server,
     add_backend,
     ask_action,
+    check_no_reports,
     converse,
     create_router,
+    gpu_backend_down,
     integration_states,
     last_attempts,
     onboard,
+    pi_backend,
+    prefer_in_assist,
     start_hass,
     start_llm_server,
     state_value,
 )
-from tests.fakes.base import closed_port_url
 
 ROUTER_NAME = "LLM Router"
 QUESTIONS = (
@@ -76,20 +78,13 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     print(f"    {hass_server.url}, configuration in {work / 'config'}")
 
     with step(f"Creating the router {ROUTER_NAME!r} with the Pi (priority 2)"):
-        router = create_router(
-            hass,
-            ROUTER_NAME,
-            BackendSpec("Pi", "openai", llm.url, LLM_MODEL, priority=2),
-        )
-    gpu_url = closed_port_url()
-    with step(f"Adding the GPU server (priority 1), down at {gpu_url}"):
-        add_backend(
-            hass,
-            router,
-            BackendSpec(
-                "GPU server", "openai", gpu_url, "qwen3-8b", priority=1, skip_check=True
-            ),
-        )
+        router = create_router(hass, ROUTER_NAME, pi_backend(llm))
+    gpu = gpu_backend_down()
+    with step(f"Adding the GPU server (priority 1), down at {gpu.url}"):
+        add_backend(hass, router, gpu)
+
+    with step(f"Making {ROUTER_NAME!r} the preferred assistant of Assist"):
+        prefer_in_assist(hass, router)
 
     for question in QUESTIONS:
         with step(f"Asking {router.agent_id}"):
@@ -106,10 +101,15 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
             unit = item["attributes"].get("unit_of_measurement") or ""
             print(f"    {item['entity_id']}: {_rounded(item['state'])} {unit}".rstrip())
 
+    with step("Checking Home Assistant's log for reports naming llm_router"):
+        check_no_reports(hass_server)
+
     if keep:
         print(
             f"\nHome Assistant: {hass_server.url} (user {user.username!r}, "
-            f"password {user.password!r})\n"
+            f"password {user.password!r}): Assist (the speech bubble at the top) "
+            f"answers with {ROUTER_NAME!r}; its backends are under Settings > "
+            f"Devices & services > {ROUTER_NAME}.\n"
             f"Logs: {hass_server.log}, {llm.log}\n"
             f"Stop both: kill -- -{hass_server.process.pid} -{llm.process.pid}"
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+import logging
 from typing import Any
 
 from homeassistant.config_entries import ConfigSubentryData
@@ -19,11 +20,25 @@ from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
+from tests.reports import IntegrationReports
 
 
 @pytest.fixture(autouse=True)
 def _loopback_sockets(socket_enabled: None) -> None:
     """Let tests reach the loopback fakes (the HA test plugin blocks sockets)."""
+
+
+@pytest.fixture(autouse=True)
+def integration_reports() -> Iterator[IntegrationReports]:
+    """Fail the test when Home Assistant reports deprecated or blocking use."""
+    reports = IntegrationReports()
+    root = logging.getLogger()
+    root.addHandler(reports)
+    try:
+        yield reports
+    finally:
+        root.removeHandler(reports)
+    reports.fail_if_any()
 
 
 @pytest.fixture

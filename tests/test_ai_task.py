@@ -7,15 +7,17 @@ import json
 from homeassistant.components import ai_task
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+import probatio
 import pytest
-import voluptuous as vol
 
 from tests.conftest import backend, router_entry, setup_router
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
 ENTITY = "ai_task.llm_router_ai_task"
-BRIEFING = vol.Schema({vol.Required("greeting"): str, vol.Required("reminders"): [str]})
+BRIEFING = probatio.Schema(
+    {probatio.Required("greeting"): str, probatio.Required("reminders"): [str]}
+)
 
 
 @pytest.fixture

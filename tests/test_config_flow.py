@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
@@ -11,10 +12,11 @@ from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.llm_router import config_flow
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
 from tests.conftest import backend, router_entry, setup_router
-from tests.fakes.base import closed_port_url
+from tests.fakes.base import Endless, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -383,3 +385,30 @@ async def test_keep_alive_in_seconds_is_sent_as_a_number(
         "llm_router", "ask", {"text": "Hi"}, blocking=True, return_response=True
     )
     assert ollama.chat_bodies[-1]["keep_alive"] == -1
+
+
+async def test_connection_tests_end_however_slowly_a_server_answers(
+    hass: HomeAssistant, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server dribbling bytes does not hold the form open."""
+    monkeypatch.setattr(config_flow, "CONNECTION_TEST_TIMEOUT", 0.3)
+    dribbling = Endless(head=b'{"data": [', dribble=0.02)
+    openai.endless["/v1/models"] = dribbling
+    server = {"name": "GPU", "kind": "openai", "url": openai.url}
+    model_step = {
+        k: v for k, v in MODEL_STEP.items() if k not in ("keep_alive", "num_ctx")
+    }
+    async with asyncio.timeout(10):  # a bound on a hang, not a measurement
+        result = await start_flow(hass, server)
+        assert result["errors"] == {"base": "cannot_connect"}
+
+        del openai.endless["/v1/models"]
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"name": "Home", "backend": server}
+        )
+        assert result["step_id"] == "model"
+        openai.endless["/v1/models"] = dribbling
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {**model_step, "model": "fake-model"}
+        )
+        assert result["errors"] == {"base": "cannot_connect"}

@@ -10,12 +10,12 @@ from homeassistant.components import conversation
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers import chat_session, intent, llm
 from homeassistant.util import dt as dt_util
+import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
 )
-import voluptuous as vol
 
 from custom_components.llm_router.engine.breaker import BreakerState
 from tests.conftest import backend, router_entry, setup_router, until
@@ -221,7 +221,7 @@ class LampTool(llm.Tool):
 
     name = "intent__HassTurnOn"
     description = "Turn on the lamp in a room"
-    parameters = vol.Schema({vol.Required("room"): str})
+    parameters = probatio.Schema({probatio.Required("room"): str})
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []

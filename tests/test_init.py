@@ -6,12 +6,14 @@ from datetime import timedelta
 
 from homeassistant.components import conversation
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers import device_registry as dr, intent
 from homeassistant.util import dt as dt_util
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
+from custom_components.llm_router.engine.errors import ErrorKind
 from tests.conftest import backend, probe_backends, router_entry, setup_router, until
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
@@ -66,6 +68,30 @@ async def test_unload_and_reload(hass: HomeAssistant, ollama: FakeOllama) -> Non
     assert entry.runtime_data.router is not router
     result = await ask(hass, "Hello")
     assert result.response.speech["plain"]["speech"] == "Hello from the fake."
+
+
+async def test_stopping_home_assistant_closes_the_router(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", closed_port_url(), "m", 1),
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        ),
+    )
+    router = entry.runtime_data.router
+    await until(lambda: router.states["GPU server"].online is False)
+    assert router._cooldowns
+
+    hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
+    await hass.async_block_till_done()
+
+    assert not router._cooldowns
+    assert not await router.async_probe("Pi")
+    assert router.states["Pi"].last_error is not None
+    assert router.states["Pi"].last_error.kind is ErrorKind.CLOSED
+    assert not router._cooldowns
 
 
 async def test_agent_controls_home_only_with_an_llm_api(

@@ -54,13 +54,13 @@ from homeassistant.util.yaml import load_yaml_dict, parse_yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from PIL import Image
+import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
     async_mock_service,
 )
-import voluptuous as vol
 
 from custom_components.llm_router import config_flow
 from custom_components.llm_router.const import DOMAIN
@@ -1034,9 +1034,9 @@ async def test_registered_actions_match_services_yaml(
     for name, service in registered.items():
         fields, _ = service_fields(services[name])
         schema = service.schema
-        assert isinstance(schema, vol.Schema), name
+        assert isinstance(schema, probatio.Schema), name
         assert {str(m) for m in schema.schema} == set(fields), name
-        required = {str(m) for m in schema.schema if isinstance(m, vol.Required)}
+        required = {str(m) for m in schema.schema if isinstance(m, probatio.Required)}
         assert required == {f for f, s in fields.items() if s.get("required")}, name
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from homeassistant.const import Platform
-from homeassistant.core import HomeAssistant
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
+from homeassistant.core import Event, HomeAssistant
 from homeassistant.helpers import (
     config_validation as cv,
     device_registry as dr,
@@ -48,6 +48,14 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
     data = create_router(hass, entry, router_device.id)
     entry.runtime_data = data
     entry.async_on_unload(data.router.close)
+
+    # Home Assistant does not unload entries when it stops.
+    async def _async_close_router(_: Event) -> None:
+        await data.router.close()
+
+    entry.async_on_unload(
+        hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, _async_close_router)
+    )
     interval = timedelta(
         seconds=entry.options.get(CONF_PROBE_INTERVAL, DEFAULT_PROBE_INTERVAL)
     )

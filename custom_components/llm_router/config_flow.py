@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -220,6 +221,10 @@ def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+CONNECTION_TEST_TIMEOUT = 20.0
+"""Seconds a connection test may take, however slowly a server answers."""
+
+
 async def _async_check_server(
     hass: HomeAssistant, server: Mapping[str, Any]
 ) -> tuple[dict[str, str], list[str]]:
@@ -229,11 +234,12 @@ async def _async_check_server(
         return {"base": "invalid_url"}, []
     backend = create_backend(hass, backend_config(server))
     try:
-        await backend.probe()
-        models = await backend.list_models()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.probe()
+            models = await backend.list_models()
     except AuthFailed:
         return {"base": "invalid_auth"}, []
-    except BackendError:
+    except BackendError, TimeoutError:
         return {"base": "cannot_connect"}, []
     finally:
         await backend.close()
@@ -259,12 +265,13 @@ async def _async_check_model(
         return {}
     backend = create_backend(hass, backend_config(data))
     try:
-        await backend.check_model()
+        async with asyncio.timeout(CONNECTION_TEST_TIMEOUT):
+            await backend.check_model()
     except ModelNotFound:
         return {CONF_MODEL: "model_not_found"}
     except AuthFailed:
         return {"base": "invalid_auth"}
-    except BackendError:
+    except BackendError, TimeoutError:
         return {"base": "cannot_connect"}
     finally:
         await backend.close()

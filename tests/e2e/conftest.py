@@ -17,6 +17,7 @@ from tests.e2e.harness import (
     Credentials,
     HassClient,
     Server,
+    check_no_reports,
     install_llm_server,
     onboard,
     start_hass,
@@ -59,3 +60,5 @@ def hass(e2e_dir: Path, request: pytest.FixtureRequest) -> Iterator[HassClient]:
         client = HassClient(server)
         onboard(client, Credentials())
         yield client
+    # After the stop, so that reports made while shutting down count too.
+    check_no_reports(server)

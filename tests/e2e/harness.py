@@ -28,7 +28,8 @@ import urllib.request
 import aiohttp
 from homeassistant.util import slugify
 
-from tests.fakes.base import free_port
+from tests.fakes.base import closed_port_url, free_port
+from tests.reports import reports_in
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "llm_router"
@@ -187,19 +188,28 @@ def start_llm_server(
     )
 
 
+def chat_completions_served(server: Server) -> int:
+    """Chat completions the LLM server has answered so far (its access log)."""
+    log = server.log.read_text(errors="replace")
+    return log.count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
 # Home Assistant
 
 _CONFIGURATION = """\
-# Only what the LLM router needs (no default_config: nothing reaches the
-# network and no requirement is missing).
+# Only what the LLM router and the frontend's screens for it need (no
+# default_config: nothing reaches the network and no requirement is missing).
+# Home Assistant sets up the frontend itself.
 homeassistant:
   name: LLM Router
+  country: GB
   time_zone: UTC
   unit_system: metric
 http:
   server_host: 127.0.0.1
   server_port: {port}
 api:
+assist_pipeline:
 config:
 conversation:
 diagnostics:
@@ -211,11 +221,26 @@ logger:
     custom_components.llm_router: debug
 """
 
+# Onboarding's location step is done before the first start: configuration.yaml
+# holds the location, and finishing the step would start the config flows of
+# met, google_translate, radio_browser and shopping_list, which need the
+# network or requirements this Home Assistant does not have.
+_ONBOARDING_STORE = {
+    "version": 4,
+    "minor_version": 1,
+    "key": "onboarding",
+    "data": {"done": ["core_config"]},
+}
+
 
 def write_hass_config(config_dir: Path, port: int) -> None:
     """A minimal configuration.yaml, and the integration linked in."""
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "configuration.yaml").write_text(_CONFIGURATION.format(port=port))
+    onboarding = config_dir / ".storage" / "onboarding"
+    if not onboarding.exists():
+        onboarding.parent.mkdir(exist_ok=True)
+        onboarding.write_text(json.dumps(_ONBOARDING_STORE))
     link_integration(config_dir)
 
 
@@ -262,6 +287,17 @@ def start_hass(
         timeout=timeout,
         keep=keep,
     )
+
+
+def check_no_reports(server: Server) -> None:
+    """Fail when Home Assistant's log reports deprecated or blocking use by us."""
+    with server.log.open(errors="replace") as log:
+        if reports := reports_in(log):
+            raise HarnessError(
+                "Home Assistant reported llm_router:\n"
+                + "\n".join(reports)
+                + f"\nsee {server.log}"
+            )
 
 
 @dataclass
@@ -312,8 +348,13 @@ class HassClient:
         except ValueError:
             return text
 
-    def websocket(self, command: Mapping[str, Any], *, timeout: float = 30.0) -> Any:
-        """Send one command over the WebSocket API; its result."""
+    def websocket(
+        self, command: Mapping[str, Any], *, events: int = 0, timeout: float = 30.0
+    ) -> Any:
+        """Send one command over the WebSocket API; its result.
+
+        With events, a subscription: the result and that many event messages.
+        """
 
         async def exchange() -> Any:
             url = self.server.url.replace("http", "ws", 1) + "/api/websocket"
@@ -327,12 +368,15 @@ class HassClient:
                     raise HarnessError(f"WebSocket auth: {reply}")
                 await socket.send_json({"id": 1, **command})
                 reply = await socket.receive_json()
+                received = [
+                    (await socket.receive_json())["event"] for _ in range(events)
+                ]
             if not reply.get("success"):
                 raise HarnessError(
                     f"WebSocket {command['type']}: {reply.get('error')}; "
                     f"see {self.server.log}"
                 )
-            return reply.get("result")
+            return (reply.get("result"), received) if events else reply.get("result")
 
         # A loop of its own: asyncio.run would reset the thread's loop, which
         # the Home Assistant test plugin's fixtures still use.
@@ -365,7 +409,13 @@ class Credentials:
 
 
 def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> None:
-    """Create the owner as a new install's first screen does; log in as them."""
+    """Finish onboarding as a new install's screens do; log in as the owner.
+
+    The owner is created, analytics stay off, and the HTTP settings that
+    Home Assistant moved from configuration.yaml to its storage are
+    confirmed, as the dialog the frontend shows asks; unconfirmed, they are
+    reverted five minutes after the start, with a restart on 0.0.0.0:8123.
+    """
     client_id = client.server.url + "/"
     code = client.post(
         "/api/onboarding/users",
@@ -388,6 +438,12 @@ def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> Non
         },
     )
     client.token = tokens["access_token"]
+    client.post("/api/onboarding/analytics")
+    client.post(
+        "/api/onboarding/integration",
+        {"client_id": client_id, "redirect_uri": client_id + "?auth_callback=1"},
+    )
+    client.websocket({"type": "http/config/promote"})
     wait_until(
         lambda: client.get("/api/config").get("state") == "RUNNING",
         timeout=timeout,
@@ -452,6 +508,23 @@ class Router:
     def fallbacks_id(self) -> str:
         """The sensor counting turns not served by the first choice."""
         return f"sensor.{self.slug}_fallbacks"
+
+
+def pi_backend(llm: Server) -> BackendSpec:
+    """The demo's Pi: the LLM server, second choice."""
+    return BackendSpec("Pi", "openai", llm.url, LLM_MODEL, priority=2)
+
+
+def gpu_backend_down() -> BackendSpec:
+    """The demo's GPU server: first choice, switched off (nothing listens)."""
+    return BackendSpec(
+        "GPU server",
+        "openai",
+        closed_port_url(),
+        "qwen3-8b",
+        priority=1,
+        skip_check=True,
+    )
 
 
 FLOW = "/api/config/config_entries/flow"
@@ -579,6 +652,40 @@ def remove_router(client: HassClient, router: Router) -> None:
     client.request("DELETE", f"/api/config/config_entries/entry/{router.entry_id}")
 
 
+def prefer_in_assist(client: HassClient, router: Router) -> str:
+    """Make an Assist pipeline for the router the preferred one; its id.
+
+    The pipeline is named after the router and sends every sentence to it;
+    the Assist dialog opens with the preferred pipeline.
+    """
+    pipeline = client.websocket(
+        {
+            "type": "assist_pipeline/pipeline/create",
+            "name": router.name,
+            "language": "en",
+            "conversation_engine": router.agent_id,
+            # What the frontend's editor sets for an agent of any language.
+            "conversation_language": "*",
+            # Not even "turn on the light" goes to Home Assistant's intents first.
+            "prefer_local_intents": False,
+            "stt_engine": None,
+            "stt_language": None,
+            "tts_engine": None,
+            "tts_language": None,
+            "tts_voice": None,
+            "wake_word_entity": None,
+            "wake_word_id": None,
+        }
+    )
+    client.websocket(
+        {
+            "type": "assist_pipeline/pipeline/set_preferred",
+            "pipeline_id": pipeline["id"],
+        }
+    )
+    return str(pipeline["id"])
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the conversation agent answered to one sentence."""
@@ -614,15 +721,29 @@ def converse(
 
 
 def ask_action(
-    client: HassClient, router: Router, text: str, *, timeout: float = 180.0
+    client: HassClient,
+    router: Router,
+    text: str,
+    *,
+    timeout: float = 180.0,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Call llm_router.ask through the REST API; its response data."""
     result = client.post(
         "/api/services/llm_router/ask?return_response",
-        {"text": text, "config_entry_id": router.entry_id},
+        {"text": text, "config_entry_id": router.entry_id, **fields},
         timeout=timeout,
     )
     return dict(result["service_response"])
+
+
+def chat_log(client: HassClient, conversation_id: str) -> list[dict[str, Any]]:
+    """The content of a conversation's chat log (Home Assistant 2026.11+)."""
+    _, (initial,) = client.websocket(
+        {"type": "conversation/chat_log/subscribe", "conversation_id": conversation_id},
+        events=1,
+    )
+    return list(initial["data"]["content"])
 
 
 def last_attempts(client: HassClient, router: Router) -> dict[str, dict[str, Any]]:

@@ -19,21 +19,23 @@ import pytest
 
 from tests.e2e.harness import (
     LLM_MODEL,
-    BackendSpec,
+    HarnessError,
     HassClient,
     Router,
     Server,
     add_backend,
     ask_action,
+    chat_log,
     converse,
     create_router,
     entry_state,
+    gpu_backend_down,
+    pi_backend,
     reload_router,
     remove_router,
     state,
     state_value,
 )
-from tests.fakes.base import closed_port_url
 
 pytestmark = pytest.mark.e2e
 
@@ -52,21 +54,11 @@ class Setup:
 @pytest.fixture
 def setup(hass: HassClient, llm_server: Server) -> Iterator[Setup]:
     """A new router: Pi (priority 2), then GPU server (priority 1, down)."""
-    router = create_router(
-        hass,
-        next(_names),
-        BackendSpec("Pi", "openai", llm_server.url, LLM_MODEL, priority=2),
-    )
+    router = create_router(hass, next(_names), pi_backend(llm_server))
     try:
-        gpu_url = closed_port_url()
-        add_backend(
-            hass,
-            router,
-            BackendSpec(
-                "GPU server", "openai", gpu_url, "qwen3-8b", priority=1, skip_check=True
-            ),
-        )
-        yield Setup(router, gpu_url)
+        gpu = gpu_backend_down()
+        add_backend(hass, router, gpu)
+        yield Setup(router, gpu.url)
     finally:
         remove_router(hass, router)
 
@@ -173,7 +165,8 @@ def test_router_unloaded_and_reloaded_over_websocket(
 
     hass.websocket({**disable, "disabled_by": "user"})
     assert entry_state(hass, router) == "not_loaded"
-    assert state_value(hass, router.agent_id) == "unavailable"
+    # Disabled with its entry, the agent's entity has no state at all.
+    assert state_value(hass, router.agent_id) is None
 
     hass.websocket({**disable, "disabled_by": None})
     assert entry_state(hass, router) == "loaded"
@@ -193,3 +186,24 @@ def test_ask_action_reports_the_fallback(hass: HassClient, setup: Setup) -> None
     assert response["attempts"][-1]["outcome"] == "ok"
     assert response["generation_speed"] > 0
     assert response["time_to_first_token"] > 0
+
+
+def test_failure_sentence_is_all_the_chat_log_says(
+    hass: HassClient, setup: Setup
+) -> None:
+    # Home Assistant 2026.11's chat log adds "Error: ..." for an exception that
+    # leaves a turn, and "(no response)" for a turn that added nothing.
+    conversation_id = "e2e-all-backends-down"
+    with pytest.raises(HarnessError, match="None of the language model servers"):
+        ask_action(
+            hass,
+            setup.router,
+            "Is anyone there?",
+            backend="GPU server",
+            conversation_id=conversation_id,
+        )
+
+    content = chat_log(hass, conversation_id)
+    assert [item["role"] for item in content[-2:]] == ["user", "assistant"]
+    assert content[-1]["content"].startswith("None of the language model servers")
+    assert "GPU server" in content[-1]["content"]

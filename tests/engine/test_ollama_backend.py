@@ -14,10 +14,12 @@ import pytest
 
 from custom_components.llm_router.engine.errors import (
     AuthFailed,
+    BackendClosed,
     BackendError,
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -40,7 +42,13 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend, parse_keep_alive
-from tests.fakes.base import Reply, closed_port_url, self_signed_tls, unanswered_url
+from tests.fakes.base import (
+    Endless,
+    Reply,
+    closed_port_url,
+    self_signed_tls,
+    unanswered_url,
+)
 from tests.fakes.ollama_server import FakeOllama, Override, RunningModel
 
 ASK = ChatRequest(messages=(ChatMessage("user", "Turn on the kitchen light"),))
@@ -208,6 +216,7 @@ async def test_stats_come_from_the_final_chunk_in_seconds(
         prompt_seconds=0.5,
         generation_seconds=2.0,
         load_seconds=1.25,
+        output_chunks=4,
     )
     assert isinstance(stats, ServerStats)
     assert stats.completion_tokens is not None
@@ -223,7 +232,7 @@ async def test_final_chunk_without_statistics(fake: FakeOllama, make: Make) -> N
 
     events = await collect(make(fake.url))
 
-    assert events == [TextDelta("Hi"), ServerStats()]
+    assert events == [TextDelta("Hi"), ServerStats(output_chunks=1)]
 
 
 # What the backend sends
@@ -494,9 +503,17 @@ async def test_thinking_unsupported(fake: FakeOllama, make: Make) -> None:
         (
             400,
             'invalid format: expected "json" or a JSON schema',
-            BadResponse,
+            BadRequest,
             'HTTP 400: invalid format: expected "json" or a JSON schema',
         ),
+        (
+            413,
+            "request entity too large",
+            BadRequest,
+            "HTTP 413: request entity too large",
+        ),
+        (422, "unprocessable", BadRequest, "HTTP 422: unprocessable"),
+        (405, "method not allowed", BadResponse, "HTTP 405: method not allowed"),
     ],
 )
 async def test_error_statuses(
@@ -592,6 +609,34 @@ async def test_malformed_metadata(
 
     with pytest.raises(BadResponse, match=message):
         await make(fake.url).probe()
+
+
+@pytest.mark.parametrize(
+    ("endless", "error", "message"),
+    [
+        (
+            Endless(status=500, head=b'{"error": "' + b"x" * 100_000),
+            BackendServerError,
+            "^HTTP 500",
+        ),
+        (
+            Endless(head=b'{"version": "' + b"0" * 1024 * 1024),
+            BadResponse,
+            "^answer larger than 1024 KiB$",
+        ),
+    ],
+)
+async def test_version_answer_is_read_only_up_to_a_limit(
+    fake: FakeOllama,
+    make: Make,
+    endless: Endless,
+    error: type[BackendError],
+    message: str,
+) -> None:
+    fake.endless["/api/version"] = endless
+
+    with pytest.raises(error, match=message):
+        await make(fake.url, connect_timeout=1.0).probe()
 
 
 async def test_unexpected_failure_is_a_bad_response(
@@ -707,8 +752,9 @@ async def test_close_keeps_the_shared_session(
     await target.close()
 
     assert not session.closed
-    with pytest.raises(BadResponse, match="closed"):
-        await collect(target)
+    for call in (collect(target), target.probe(), target.list_models()):
+        with pytest.raises(BackendClosed, match=r"^closed$"):
+            await call
 
 
 async def test_fake_answers_whole_messages_without_streaming(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 import math
 from typing import Any
 
@@ -16,6 +17,7 @@ from custom_components.llm_router.engine.errors import (
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
@@ -36,7 +38,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.openai import OpenAIBackend
-from tests.fakes.base import Reply, closed_port_url, unanswered_url
+from tests.fakes.base import Endless, Reply, closed_port_url, unanswered_url
 from tests.fakes.openai_server import FakeOpenAI
 
 ASK = ChatRequest(messages=(ChatMessage("user", "Turn on the kitchen light"),))
@@ -100,7 +102,9 @@ async def test_streams_text_then_usage_stats(
     assert [type(event) for event in events] == [TextDelta] * 4 + [ServerStats]
     assert text_of(events, TextDelta) == "The light is on."
     # Token counts only: the router measures durations itself.
-    assert events[-1] == ServerStats(prompt_tokens=31, completion_tokens=6)
+    assert events[-1] == ServerStats(
+        prompt_tokens=31, completion_tokens=6, output_chunks=4
+    )
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
@@ -192,7 +196,25 @@ async def test_stats_unknown_when_the_server_reports_none(
     async with FakeOpenAI(usage_in_stream=False) as server:
         events = await collect(backend(session, server.url))
 
-    assert events[-1] == ServerStats()
+    assert events[-1] == ServerStats(output_chunks=4)
+
+
+@pytest.mark.parametrize(
+    ("reply", "chunks"),
+    [
+        (Reply(thinking="Hmm, the light.", text="Done."), 4),
+        (Reply(text="", tool_calls=[LIGHT_ON]), 5),  # the name, 4 argument pieces
+    ],
+)
+async def test_output_chunks_count_chunks_not_events(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, reply: Reply, chunks: int
+) -> None:
+    fake.script(reply)
+
+    events = await collect(backend(session, fake.url))
+
+    assert isinstance(events[-1], ServerStats)
+    assert events[-1].output_chunks == chunks
 
 
 async def test_request_body(fake: FakeOpenAI, session: aiohttp.ClientSession) -> None:
@@ -261,9 +283,113 @@ async def test_request_body(fake: FakeOpenAI, session: aiohttp.ClientSession) ->
             ],
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "response", "schema": schema, "strict": True},
+                "json_schema": {"name": "response", "schema": schema},
             },
         }
+    ]
+
+
+CLOSED = {
+    "type": "object",
+    "properties": {
+        "on": {"type": "boolean"},
+        "rooms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["on", "rooms"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("schema", "strict"),
+    [
+        (CLOSED, True),
+        ({**CLOSED, "additionalProperties": True}, False),
+        ({**CLOSED, "required": ["on"]}, False),
+        ({**CLOSED, "required": "on"}, False),
+        (
+            {
+                **CLOSED,
+                "properties": {
+                    "rooms": {"type": "array", "items": {"type": "object"}},
+                    "on": {"type": "boolean"},
+                },
+            },
+            False,
+        ),
+        ({"$defs": {"x": {"type": ["object", "null"]}}, "anyOf": []}, False),
+        ({"type": "string"}, True),
+    ],
+)
+async def test_strict_only_for_schemas_openai_can_enforce(
+    fake: FakeOpenAI,
+    session: aiohttp.ClientSession,
+    schema: dict[str, Any],
+    strict: bool,
+) -> None:
+    """OpenAI refuses strict mode for a schema with an open object."""
+    fake.script(Reply(text='{"on": true, "rooms": []}'))
+    request = ChatRequest(ASK.messages, response_schema=schema)
+
+    events = await collect(backend(session, fake.url), request)
+
+    assert text_of(events, TextDelta) == '{"on": true, "rooms": []}'
+    json_schema = fake.chat_bodies[0]["response_format"]["json_schema"]
+    assert json_schema.get("strict", False) is strict
+
+
+async def test_service_refusing_stream_options_is_asked_without(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(refuses_stream_options=True) as server:
+        target = backend(session, server.url)
+        first = await collect(target)
+        second = await collect(target)
+
+    assert text_of(first, TextDelta) == text_of(second, TextDelta) != ""
+    assert ["stream_options" in body for body in server.chat_bodies] == [
+        True,
+        False,
+        False,
+    ]
+
+
+async def test_server_that_took_stream_options_keeps_them(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """A bad request later is not a reason to drop them, nor to ask twice."""
+    target = backend(session, fake.url)
+    await collect(target)
+    fake.script(Reply(status=400, error="too long"))
+    with pytest.raises(BadRequest):
+        await collect(target)
+    await collect(target)
+
+    assert ["stream_options" in body for body in fake.chat_bodies] == [True] * 3
+
+
+async def test_bad_request_before_stream_options_are_known(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """Refused with and without them: the request was at fault, not they."""
+    fake.script(Reply(status=400, error="too long"), Reply(status=400, error="still"))
+    target = backend(session, fake.url)
+    with pytest.raises(BadRequest, match="still"):
+        await collect(target)
+    await collect(target)
+
+    assert ["stream_options" in body for body in fake.chat_bodies] == [
+        True,
+        False,
+        True,
     ]
 
 
@@ -283,6 +409,17 @@ async def test_url_with_or_without_v1(
     await collect(backend(session, fake.url + suffix))
 
     assert [request["path"] for request in fake.requests] == ["/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("api", ["/v1beta/openai", "/openai/v1", "/api/v2/"])
+async def test_url_naming_its_api_version_is_taken_as_it_is(
+    session: aiohttp.ClientSession, api: str
+) -> None:
+    async with FakeOpenAI(api=api.rstrip("/")) as server:
+        events = await collect(backend(session, server.url + api))
+        assert await backend(session, server.url + api).list_models() == ["fake-model"]
+
+    assert text_of(events, TextDelta) == "Hello from the fake."
 
 
 async def test_api_key_sent_as_bearer(session: aiohttp.ClientSession) -> None:
@@ -317,7 +454,15 @@ async def test_wrong_api_key_fails_auth_without_leaking_it(
         (Reply(status=500, error="boom"), BackendServerError, "HTTP 500: boom"),
         (Reply(status=429, error="slow down"), BackendServerError, "HTTP 429"),
         (Reply(status=403, error="forbidden"), AuthFailed, "HTTP 403"),
-        (Reply(status=400, error="bad temperature"), BadResponse, "bad temperature"),
+        (Reply(status=400, error="bad temperature"), BadRequest, "bad temperature"),
+        (
+            Reply(status=400, error="the request exceeds the available context size"),
+            BadRequest,
+            "HTTP 400: the request exceeds",
+        ),
+        (Reply(status=413, error="too large"), BadRequest, "HTTP 413"),
+        (Reply(status=422, error="invalid schema"), BadRequest, "HTTP 422"),
+        (Reply(status=405, error="not allowed"), BadResponse, "HTTP 405"),
         (
             Reply(status=400, error="model 'qwen3:8b' not found"),
             ModelNotFound,
@@ -340,10 +485,12 @@ async def test_error_statuses(
     error: type[BackendError],
     message: str,
 ) -> None:
-    fake.script(reply)
+    fake.script(reply, reply)  # a first 400 is retried without stream_options
 
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as caught:
         await collect(backend(session, fake.url))
+
+    assert type(caught.value) is error
 
 
 async def test_unknown_model_is_model_not_found(
@@ -437,6 +584,70 @@ async def test_stream_without_done_is_bad_response(
             await collect(backend(session, server.url))
 
 
+@pytest.mark.parametrize(
+    "done_line",
+    [b"data: [DONE]", None],
+    ids=["done-without-newline", "finish-reason-then-close"],
+)
+async def test_complete_answer_however_the_stream_ends(
+    session: aiohttp.ClientSession, done_line: bytes | None
+) -> None:
+    async with FakeOpenAI(done_line=done_line) as server:
+        server.script(Reply(text="All done.", prompt_tokens=5, completion_tokens=2))
+        events = await collect(backend(session, server.url))
+
+    assert text_of(events, TextDelta) == "All done."
+    assert events[-1] == ServerStats(
+        prompt_tokens=5, completion_tokens=2, output_chunks=2
+    )
+
+
+async def test_stream_closed_before_its_finish_reason_is_bad_response(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(usage_in_stream=False, done_line=None) as server:
+        server.final_fields = {"choices": []}  # no finish_reason either
+        with pytest.raises(BadResponse, match=r"before \[DONE\]"):
+            await collect(backend(session, server.url))
+
+
+@pytest.mark.parametrize(
+    ("server", "final_fields", "stats"),
+    [
+        ({}, {"usage": {"total_tokens": 12}}, ServerStats()),
+        (
+            {},
+            {"usage": {"prompt_tokens": 7, "completion_tokens": "2"}},
+            ServerStats(prompt_tokens=7),
+        ),
+        ({}, {"usage": "n/a"}, ServerStats()),
+        (
+            {"llama_cpp": True},
+            {"timings": {"prompt_n": 3}},
+            ServerStats(prompt_tokens=3),
+        ),
+        (
+            {"llama_cpp": True},
+            {"timings": {"predicted_n": 4, "predicted_ms": True, "prompt_ms": -1}},
+            ServerStats(completion_tokens=4),
+        ),
+        ({"llama_cpp": True}, {"timings": [], "usage": None}, ServerStats()),
+    ],
+)
+async def test_usage_and_timings_in_unexpected_shapes_are_unknown(
+    session: aiohttp.ClientSession,
+    server: dict[str, Any],
+    final_fields: dict[str, Any],
+    stats: ServerStats,
+) -> None:
+    async with FakeOpenAI(**server) as fake:
+        fake.final_fields = final_fields
+        events = await collect(backend(session, fake.url))
+
+    assert text_of(events, TextDelta) == "Hello from the fake."
+    assert events[-1] == replace(stats, output_chunks=4)
+
+
 async def test_malformed_chunk_is_bad_response(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
@@ -444,6 +655,40 @@ async def test_malformed_chunk_is_bad_response(
 
     with pytest.raises(BadResponse, match="malformed"):
         await collect(backend(session, fake.url))
+
+
+MIB = 1024 * 1024
+
+
+async def test_overlong_stream_line_is_bad_response(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    fake.script(Reply(text="x" * MIB))
+
+    with pytest.raises(BadResponse, match="stream line longer than 1024 KiB"):
+        await collect(backend(session, fake.url))
+
+
+async def test_error_body_is_read_only_up_to_a_limit(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """A server that sends an endless error body does not hold the request."""
+    fake.endless["/v1/chat/completions"] = Endless(
+        status=500, head=b'{"error": {"message": "' + b"x" * 100_000
+    )
+
+    async with asyncio.timeout(10):  # a bound on a hang, not a measurement
+        with pytest.raises(BackendServerError, match="HTTP 500"):
+            await collect(backend(session, fake.url))
+
+
+async def test_model_list_larger_than_a_mebibyte_is_bad_response(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    fake.endless["/v1/models"] = Endless(head=b'{"data": [' + b" " * MIB)
+
+    with pytest.raises(BadResponse, match="larger than 1024 KiB"):
+        await backend(session, fake.url, stall_timeout=1.0).list_models()
 
 
 async def test_never_answering_server_is_cancelled_by_outer_deadline(
@@ -488,18 +733,41 @@ async def test_sse_split_across_reads_comments_and_crlf(
     assert ToolCallDelta((ToolCall("call_fake0", "HassTurnOn", LIGHT),)) in events
 
 
-async def test_probe_uses_health_on_llama_cpp(
-    llama: FakeOpenAI, session: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    "server", [{}, {"llama_cpp": True}, {"litellm": True}], ids=str
+)
+async def test_probe_and_model_check_cost_one_models_request(
+    session: aiohttp.ClientSession, server: dict[str, Any]
 ) -> None:
-    assert await backend(session, llama.url).probe() == ProbeResult()
-    assert [request["path"] for request in llama.requests] == ["/health"]
+    """Never /health: LiteLLM's runs a completion on every model."""
+    async with FakeOpenAI(**server) as fake:
+        target = backend(session, fake.url)
+        assert await target.probe() == ProbeResult()
+        await target.check_model()
+        assert [request["path"] for request in fake.requests] == ["/v1/models"]
+
+        # Without a probe before it, the check asks by itself.
+        await target.check_model()
+        assert await target.list_models() == ["fake-model"]
+        assert len(fake.requests) == 3
 
 
-async def test_probe_falls_back_to_models(
-    fake: FakeOpenAI, session: aiohttp.ClientSession
-) -> None:
-    assert await backend(session, fake.url + "/v1").probe() == ProbeResult()
-    assert [request["path"] for request in fake.requests] == ["/health", "/v1/models"]
+async def test_model_check(session: aiohttp.ClientSession) -> None:
+    async with FakeOpenAI(models=("qwen3:8b",)) as fake:
+        await backend(session, fake.url, model="qwen3:8b").check_model()
+        with pytest.raises(ModelNotFound, match="'llama3'"):
+            await backend(session, fake.url, model="llama3").check_model()
+    async with FakeOpenAI(models=()) as fake:  # serves whatever it loaded
+        await backend(session, fake.url, model="llama3").check_model()
+
+
+async def test_llama_cpp_takes_any_model_name(session: aiohttp.ClientSession) -> None:
+    """llama-server lists its model by path and answers under any name."""
+    async with FakeOpenAI(llama_cpp=True, models=("/models/qwen3-8b.gguf",)) as fake:
+        target = backend(session, fake.url, model="qwen3")
+        await target.check_model()
+        await target.probe()
+        await target.check_model()
 
 
 async def test_probe_of_a_url_without_the_api_is_bad_response(
@@ -509,11 +777,10 @@ async def test_probe_of_a_url_without_the_api_is_bad_response(
         await backend(session, fake.url + "/elsewhere").probe()
 
 
-@pytest.mark.parametrize("llama_cpp", [True, False])  # stuck on /health, /v1/models
 async def test_probe_of_a_slow_server_times_out(
-    session: aiohttp.ClientSession, llama_cpp: bool
+    session: aiohttp.ClientSession,
 ) -> None:
-    async with FakeOpenAI(llama_cpp=llama_cpp) as server:
+    async with FakeOpenAI() as server:
         server.metadata_delay = math.inf
         with pytest.raises(BackendTimeout, match="no answer in time"):
             await backend(session, server.url, stall_timeout=0.2).probe()

@@ -80,8 +80,40 @@ def test_whitespace_only_output() -> None:
     assert run(["  ", "\n"]) == ("", "")
 
 
-def test_unclosed_think_block_is_reasoning() -> None:
-    assert run(["<think>still thinking"]) == ("still thinking", "")
+def test_unclosed_think_block_is_reasoning_when_thinking() -> None:
+    assert run(["<think>still thinking"], expect_reasoning=True) == (
+        "still thinking",
+        "",
+    )
+
+
+@pytest.mark.parametrize("expect_reasoning", [False, True])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Use the <think> tag to mark reasoning.",
+        "Use the <think> and </tag> pair.",
+        "It says <think",
+    ],
+)
+def test_think_tag_mentioned_in_the_answer_is_spoken(
+    text: str, expect_reasoning: bool
+) -> None:
+    for chunks in every_split(text):
+        assert run(chunks, expect_reasoning=expect_reasoning) == ("", text)
+
+
+def test_unclosed_think_block_without_thinking_is_the_answer() -> None:
+    assert run(["<think> is an HTML-like", " tag."]) == (
+        "",
+        "<think> is an HTML-like tag.",
+    )
+
+
+def test_think_block_mid_answer_is_held_until_closed() -> None:
+    splitter = ReasoningSplitter()
+    assert splitter.feed("Sure. <think>hmm") == Split(answer="Sure. ")
+    assert splitter.feed(" ok</think> Done.") == Split("hmm ok", " Done.")
 
 
 def test_partial_open_tag_at_end_of_stream_is_answer() -> None:

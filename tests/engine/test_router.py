@@ -14,6 +14,7 @@ from custom_components.llm_router.engine.errors import (
     BackendError,
     BackendServerError,
     BackendUnreachable,
+    BadRequest,
     CapabilityUnsupported,
     ErrorKind,
 )
@@ -88,6 +89,9 @@ class ScriptedBackend(Backend):
 
     async def list_models(self) -> list[str]:
         return ["m"]
+
+    async def check_model(self) -> None:
+        return None
 
     async def model_details(self) -> ModelDetails:
         return ModelDetails(self.capabilities)
@@ -353,6 +357,21 @@ async def test_inline_reasoning_without_opening_tag_when_thinking() -> None:
     assert events == [ReasoningDelta("Check lamp."), TextDelta("It is on.")]
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [["Use the <think>", " tag to mark reasoning."], ["<think> is a tag", "."]],
+)
+async def test_think_tag_that_never_closes_is_spoken_without_thinking(
+    pieces: list[str],
+) -> None:
+    gpu = ScriptedBackend("GPU")
+    gpu.streams = [[*map(TextDelta, pieces), ServerStats(completion_tokens=9)]]
+    turn, events = await collect(TrackedRouter([gpu]))
+    assert answer_of(events) == "".join(pieces)
+    assert turn.served_by == "GPU"
+    assert turn.attempts[0].ok
+
+
 async def test_empty_answer_falls_back() -> None:
     gpu = ScriptedBackend("GPU")
     gpu.streams = [[ReasoningDelta("..."), ServerStats()]]
@@ -489,6 +508,29 @@ async def test_probe_success_is_probation_not_a_clean_slate() -> None:
     assert turn.served_by == "Pi"
     assert router.states["GPU"].breaker.state is BreakerState.OPEN  # one strike
     assert len(gpu.requests) == 4
+
+
+async def test_requests_the_server_refuses_do_not_open_the_breaker() -> None:
+    """Schemas vLLM rejects (AI Task) leave the GPU in service for voice turns."""
+    gpu, pi = ScriptedBackend("GPU", 1), ScriptedBackend("Pi", 2)
+    refused = BadRequest("HTTP 400: invalid JSON schema")
+    gpu.streams = [[refused] for _ in range(3)]
+    router = TrackedRouter([gpu, pi], settings=RouterSettings(cooldown=3600))
+    for _ in range(3):
+        turn, _ = await collect(router)
+        assert turn.served_by == "Pi"
+        assert turn.attempts[0].error_kind is ErrorKind.BAD_REQUEST
+    assert router.states["GPU"].breaker.state is BreakerState.CLOSED
+
+    # Nor does one reopen it on probation after a probe.
+    gpu.streams = [[BackendServerError("HTTP 500")] for _ in range(3)] + [[refused]]
+    for _ in range(3):
+        await collect(router)
+    assert await router.async_probe("GPU")
+    await collect(router)
+    assert router.states["GPU"].breaker.state is BreakerState.CLOSED
+    turn, _ = await collect(router)
+    assert turn.served_by == "GPU"
 
 
 async def test_probe_does_not_reset_failures_of_a_closed_breaker() -> None:

@@ -68,6 +68,28 @@ class Reply:
     load_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class Endless:
+    """A response that never ends: the status and head, then a byte every
+    dribble seconds, or silence (None), for as long as the client reads.
+    """
+
+    status: int = 200
+    head: bytes = b""
+    dribble: float | None = None
+
+    async def send(self, request: web.Request) -> web.StreamResponse:
+        """Answer request this way (returns only when the client is gone)."""
+        response = web.StreamResponse(
+            status=self.status, headers={"Content-Type": "application/json"}
+        )
+        await response.prepare(request)
+        await response.write(self.head)
+        while True:
+            await asyncio.sleep(math.inf if self.dribble is None else self.dribble)
+            await response.write(b" ")
+
+
 def words(text: str) -> list[str]:
     """Split text into stream pieces that join back to exactly text."""
     pieces: list[str] = []
@@ -173,6 +195,10 @@ class FakeServer:
         self.replies: deque[Reply] = deque()
         self.default_reply = Reply()
         self.requests: list[dict[str, Any]] = []
+        # Paths answered with an Endless response instead of the handler.
+        self.endless: dict[str, Endless] = {}
+        # Picks the reply from the request body, for concurrent requests.
+        self.choose_reply: Callable[[Any], Reply] | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
         # Serve HTTPS with this context when set before start().
@@ -216,8 +242,19 @@ class FakeServer:
         request["body"] = body
         return body
 
-    def next_reply(self) -> Reply:
-        """The reply for the chat request being served."""
+    async def endless_response(self, request: web.Request) -> web.StreamResponse | None:
+        """The Endless response scripted for this request's path, if any."""
+        endless = self.endless.get(request.path)
+        return None if endless is None else await endless.send(request)
+
+    def next_reply(self, body: Any) -> Reply:
+        """The reply for the chat request being served.
+
+        choose_reply picks it when set; else the next scripted one, else the
+        default.
+        """
+        if self.choose_reply is not None:
+            return self.choose_reply(body)
         return self.replies.popleft() if self.replies else self.default_reply
 
     async def start(self, port: int = 0) -> None:

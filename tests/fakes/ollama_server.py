@@ -133,6 +133,8 @@ class FakeOllama(FakeServer):
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         await self.record(request)
+        if (endless := await self.endless_response(request)) is not None:
+            return endless
         if self.api_key is not None and (
             request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):
@@ -281,7 +283,7 @@ class FakeOllama(FakeServer):
                     "done": True,
                 }
             )
-        reply = self.next_reply()
+        reply = self.next_reply(body)
         if reply.status != 200:
             return _error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, thinks=caps is not None and bool(think))

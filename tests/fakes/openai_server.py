@@ -48,11 +48,19 @@ class FakeOpenAI(FakeServer):
     usage_in_stream=False ignores stream_options, as minimal servers do;
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
     crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
-    tool_call_index=False leaves tool_calls[].index out, as Gemini does.
+    tool_call_index=False leaves tool_calls[].index out, as Gemini does;
+    api is where the API lives (Gemini: /v1beta/openai);
+    refuses_stream_options answers 422 to requests with stream_options, as
+    some hosted services do;
+    litellm=True adds LiteLLM's /health, which runs a completion on every
+    model (here it just answers as if it had);
+    done_line is how the stream ends (b"data: [DONE]" without its newline,
+    or None for servers that just close after the finish_reason).
 
-    Mutable state: loading (llama.cpp) answers 503 on /health and chat;
+    Mutable state: loading (llama.cpp) answers 503 everywhere;
     metadata_delay holds /health and /v1/models back; models_body replaces
-    the /v1/models answer with raw text (say, a web page).
+    the /v1/models answer with raw text (say, a web page); final_fields are
+    merged into the stream's last chunk (say, usage in an odd shape).
 
     requests records every request as {"method", "path", "headers", "body"}
     (headers: Authorization and Content-Type when sent; body: the parsed
@@ -73,6 +81,10 @@ class FakeOpenAI(FakeServer):
         keepalive: bool = False,
         crlf: bool = False,
         tool_call_index: bool = True,
+        done_line: bytes | None = b"data: [DONE]\n\n",
+        litellm: bool = False,
+        api: str = "/v1",
+        refuses_stream_options: bool = False,
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -86,14 +98,20 @@ class FakeOpenAI(FakeServer):
         self.keepalive = keepalive
         self.crlf = crlf
         self.tool_call_index = tool_call_index
+        self.done_line = done_line
+        self.refuses_stream_options = refuses_stream_options
         self.loading = False
         self.metadata_delay = 0.0
         self.models_body: str | None = None
+        self.final_fields: dict[str, Any] = {}
         self.app.middlewares.append(self._record)
-        self.app.router.add_post("/v1/chat/completions", self._chat)
-        self.app.router.add_get("/v1/models", self._models)
+        self.api = api
+        self.app.router.add_post(f"{api}/chat/completions", self._chat)
+        self.app.router.add_get(f"{api}/models", self._models)
         if llama_cpp:
             self.app.router.add_get("/health", self._health)
+        if litellm:
+            self.app.router.add_get("/health", self._litellm_health)
 
     @property
     def chat_bodies(self) -> list[dict[str, Any]]:
@@ -101,7 +119,7 @@ class FakeOpenAI(FakeServer):
         return [
             request["body"]
             for request in self.requests
-            if request["path"] == "/v1/chat/completions"
+            if request["path"] == f"{self.api}/chat/completions"
         ]
 
     @web.middleware
@@ -109,7 +127,9 @@ class FakeOpenAI(FakeServer):
         self, request: web.Request, handler: _Handler
     ) -> web.StreamResponse:
         await self.record(request)
-        public = {"/health", "/v1/models"} if self.llama_cpp else set()
+        if (endless := await self.endless_response(request)) is not None:
+            return endless
+        public = {"/health", f"{self.api}/models"} if self.llama_cpp else set()
         if (
             self.api_key is not None
             and request.path not in public
@@ -163,8 +183,21 @@ class FakeOpenAI(FakeServer):
             return self._error(503, "Loading model")
         return web.json_response({"status": "ok"})
 
+    async def _litellm_health(self, request: web.Request) -> web.Response:
+        endpoints = [{"model": model} for model in self.models]
+        return web.json_response(
+            {
+                "healthy_endpoints": endpoints,
+                "unhealthy_endpoints": [],
+                "healthy_count": len(endpoints),
+                "unhealthy_count": 0,
+            }
+        )
+
     async def _models(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.metadata_delay)
+        if self.loading:
+            return self._error(503, "Loading model")
         if self.models_body is not None:
             return web.Response(text=self.models_body, content_type="text/html")
         owner = "llamacpp" if self.llama_cpp else "fake"
@@ -187,6 +220,8 @@ class FakeOpenAI(FakeServer):
             return self._error(400, "We could not parse the JSON body of your request.")
         if problem := _invalid(body):
             return self._error(400, problem)
+        if self.refuses_stream_options and "stream_options" in body:
+            return self._error(422, "Unprocessable Entity")
         # llama-server serves its one model under any name.
         if not self.llama_cpp and body["model"] not in self.models:
             return self._error(
@@ -196,7 +231,7 @@ class FakeOpenAI(FakeServer):
             )
         if self.llama_cpp and body.get("tools") and not self.jinja:
             return self._error(500, "tools param requires --jinja flag")
-        reply = self.next_reply()
+        reply = self.next_reply(body)
         if reply.status != 200:
             return self._error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, self.reasoning_field, self.tool_call_index)
@@ -247,9 +282,11 @@ class FakeOpenAI(FakeServer):
             )
         if self.llama_cpp:
             chunks[-1]["timings"] = answer.timings(first - started, now - first)
+        chunks[-1].update(self.final_fields)
         for chunk in chunks:
             await writer.write(_sse(chunk))
-        await writer.write(b"data: [DONE]\n\n")
+        if self.done_line is not None:
+            await writer.write(self.done_line)
 
     def _chunk(
         self, answer: _Answer, delta: dict[str, Any], finish_reason: str | None = None
@@ -490,6 +527,28 @@ def _invalid(body: Any) -> str | None:
             and isinstance(schema.get("schema"), dict)
         ):
             return "Missing required parameter: 'response_format.json_schema'."
+        if (
+            kind == "json_schema"
+            and schema.get("strict")
+            and (problem := _not_strict(schema["schema"]))
+        ):
+            return f"Invalid schema for response_format 'response': In context=(), {problem}"
+    return None
+
+
+def _not_strict(schema: Any) -> str | None:
+    """Why OpenAI's strict mode refuses a schema (objects by properties, items)."""
+    if not isinstance(schema, dict):
+        return None
+    properties = schema.get("properties", {})
+    if schema.get("type") == "object":
+        if schema.get("additionalProperties") is not False:
+            return "'additionalProperties' is required to be supplied and to be false."
+        if set(schema.get("required", [])) != set(properties):
+            return "'required' is required to be supplied and to be an array including every key in properties."
+    for child in [*properties.values(), schema.get("items")]:
+        if problem := _not_strict(child):
+            return problem
     return None
 
 

@@ -126,3 +126,18 @@ async def test_llama_cpp_key_check_and_error_shape() -> None:
         "Bearer nope",
         None,
     ]
+
+
+async def test_refuses_strict_schemas_with_open_objects() -> None:
+    schema = {"type": "object", "properties": {"on": {"type": "boolean"}}}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema, "strict": True},
+    }
+    async with FakeOpenAI() as fake:
+        status, answer = await post(
+            fake.url, {**ASK, "response_format": response_format}
+        )
+
+    assert status == 400
+    assert "'additionalProperties' is required" in answer["error"]["message"]

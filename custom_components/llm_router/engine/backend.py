@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import ClassVar
 
-from .errors import ModelNotFound
+from .errors import BackendClosed
 from .models import BackendConfig, ChatRequest, ModelDetails, ProbeResult, StreamEvent
 
 
@@ -32,6 +34,8 @@ class Backend(ABC):
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
+        self._closed = False
+        self._waits: set[asyncio.Timeout] = set()
 
     @property
     def name(self) -> str:
@@ -59,18 +63,42 @@ class Backend(ABC):
     async def model_details(self) -> ModelDetails:
         """Capabilities of the configured model."""
 
+    @abstractmethod
     async def check_model(self) -> None:
-        """Raise ModelNotFound unless the server offers the configured model.
+        """Raise ModelNotFound unless the server offers the configured model."""
 
-        A server that lists no models (one serving whatever it loaded) passes.
+    async def close(self) -> None:
+        """End the requests in flight and refuse new ones (BackendClosed).
+
+        Subclasses also release what they own (not shared sessions).
         """
-        models = await self.list_models()
-        if models and self.config.model not in models:
-            raise ModelNotFound(f"model '{self.config.model}' not found")
+        self._closed = True
+        now = asyncio.get_running_loop().time()
+        for wait in self._waits:
+            wait.reschedule(now)
 
     async def load_model(self) -> None:
         """Load the configured model without generating (loads_models only)."""
         raise NotImplementedError
 
-    async def close(self) -> None:  # noqa: B027 - most backends hold nothing
-        """Release what the backend owns (not shared sessions)."""
+    @asynccontextmanager
+    async def _until_closed(self) -> AsyncIterator[None]:
+        """Bound one wait for the server by the backend's life.
+
+        close() ends the wait with BackendClosed. Never around a yield: the
+        end cancels the task that waits, which there is the consumer's.
+        """
+        if self._closed:
+            raise BackendClosed("closed")
+        wait = asyncio.timeout(None)
+        try:
+            async with wait:
+                self._waits.add(wait)
+                try:
+                    yield
+                finally:
+                    self._waits.discard(wait)
+        except TimeoutError:
+            if wait.expired():
+                raise BackendClosed("closed") from None
+            raise

@@ -44,7 +44,12 @@ class CircuitBreaker:
             self.consecutive_failures = self.failure_threshold - 1
 
     def record_failure(self, error: BackendError) -> None:
-        """A request or probe failed; open when that says the server is gone."""
+        """A request or probe failed; open when that says the server is gone.
+
+        A request the server refused as invalid says nothing about the server.
+        """
+        if error.kind is ErrorKind.BAD_REQUEST:
+            return
         self.consecutive_failures += 1
         if (
             error.kind is ErrorKind.UNREACHABLE

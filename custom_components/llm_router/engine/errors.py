@@ -18,8 +18,10 @@ class ErrorKind(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     UNSUPPORTED = "unsupported"
     BAD_RESPONSE = "bad_response"
+    BAD_REQUEST = "bad_request"
     AUTH_FAILED = "auth_failed"
     CIRCUIT_OPEN = "circuit_open"
+    CLOSED = "closed"
     # Outcomes the router makes; none of them counts as the backend's failure.
     BUSY = "busy"
     OUT_OF_TIME = "out_of_time"
@@ -74,6 +76,26 @@ class BadResponse(BackendError):
     """Malformed JSON or SSE, an unexpected status, or a truncated stream."""
 
     kind = ErrorKind.BAD_RESPONSE
+
+
+class BackendClosed(BackendError):
+    """The backend was closed (reload, removal, shutdown) before it answered."""
+
+    kind = ErrorKind.CLOSED
+
+
+class BadRequest(BackendError):
+    """The server refused this request as invalid (400, 413, 422).
+
+    The request caused it (a prompt longer than the context window, a schema
+    the server cannot follow), not the server: the breaker does not count it.
+    """
+
+    kind = ErrorKind.BAD_REQUEST
+
+
+REQUEST_REFUSED = frozenset({400, 413, 422})
+"""HTTP statuses that blame the request: bad, too large, unprocessable."""
 
 
 class AuthFailed(BackendError):

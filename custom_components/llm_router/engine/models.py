@@ -149,6 +149,9 @@ class ServerStats:
     prompt_seconds: float | None = None
     generation_seconds: float | None = None
     load_seconds: float | None = None
+    output_chunks: int = 0
+    """Stream chunks that carried output. Servers stream one token per
+    chunk, so this stands in for completion_tokens where they give none."""
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | ServerStats

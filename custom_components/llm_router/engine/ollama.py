@@ -7,8 +7,10 @@ shared aiohttp session (never closed here), then /api/ps for what is loaded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from dataclasses import replace
+from functools import partial
 import json
 import logging
 import os
@@ -29,15 +31,18 @@ from yarl import URL
 
 from .backend import Backend
 from .errors import (
+    REQUEST_REFUSED,
     AuthFailed,
     BackendError,
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
 )
+from .limits import MAX_ERROR_BODY, MAX_METADATA, read_at_most, read_whole
 from .models import (
     BackendConfig,
     Capability,
@@ -98,6 +103,7 @@ class OllamaBackend(Backend):
         arguments = self._chat_arguments(request)
         _LOGGER.debug("%s: chat request %s", self.name, arguments)
         failures = _Failures(self.config, model_call=True)
+        output_chunks = 0
         with failures:
             # The client sends the request when the stream is first iterated,
             # so connection errors surface in the loop.
@@ -105,12 +111,18 @@ class OllamaBackend(Backend):
             # Closed here, not by the garbage collector, so that nothing of
             # the request outlives the answer.
             async with aclosing(cast(AsyncGenerator[ollama.ChatResponse], stream)):
-                async for part in stream:
+                while True:
+                    async with self._until_closed():
+                        part = await anext(stream, None)
+                    if part is None:
+                        break
                     failures.answering = True
-                    for event in _events(part.message):
+                    events = list(_events(part.message))
+                    output_chunks += bool(events)
+                    for event in events:
                         yield event
                     if part.done:
-                        yield _stats(part)
+                        yield replace(_stats(part), output_chunks=output_chunks)
                         return
             raise BadResponse("answer ended before its final chunk")
 
@@ -129,17 +141,22 @@ class OllamaBackend(Backend):
             connect=self.config.connect_timeout, sock_read=self.config.connect_timeout
         )
         with _Failures(self.config, model_call=False):
-            async with self._session.get(
-                str(self._base_url / "api" / "version"),
-                headers=self._headers,
-                timeout=timeout,
-                ssl=self._verify,
-            ) as response:
-                text = await response.text(errors="replace")
+            async with (
+                self._until_closed(),
+                self._session.get(
+                    str(self._base_url / "api" / "version"),
+                    headers=self._headers,
+                    timeout=timeout,
+                    ssl=self._verify,
+                ) as response,
+            ):
                 if response.status != 200:
-                    raise ollama.ResponseError(text, response.status)
-                version = _version(text)
-        running = await self._metadata(self._client.ps())
+                    error = await read_at_most(response, MAX_ERROR_BODY)
+                    raise ollama.ResponseError(
+                        error.decode(errors="replace"), response.status
+                    )
+                version = _version(await read_whole(response, MAX_METADATA))
+        running = await self._metadata(self._client.ps)
         return ProbeResult(
             version=version,
             loaded_models=tuple(
@@ -156,13 +173,13 @@ class OllamaBackend(Backend):
 
     async def list_models(self) -> list[str]:
         """Names of the installed models, from /api/tags."""
-        listing = await self._metadata(self._client.list())
+        listing = await self._metadata(self._client.list)
         return [model.model for model in listing.models if model.model]
 
     async def model_details(self) -> ModelDetails:
         """Capabilities from /api/show; None when the server does not say."""
         shown = await self._metadata(
-            self._client.show(self.config.model), model_call=True
+            partial(self._client.show, self.config.model), model_call=True
         )
         if shown.capabilities is None:
             return ModelDetails(capabilities=None)
@@ -177,14 +194,17 @@ class OllamaBackend(Backend):
         await self.model_details()
 
     async def close(self) -> None:
-        """Close the ollama client's connections."""
+        """End the requests in flight and close the ollama client."""
+        await super().close()
         await self._client.close()  # type: ignore[no-untyped-call]
 
-    async def _metadata[T](self, call: Awaitable[T], *, model_call: bool = False) -> T:
+    async def _metadata[T](
+        self, call: Callable[[], Awaitable[T]], *, model_call: bool = False
+    ) -> T:
         """Await a cheap request, bounded by the stall timeout."""
         with _Failures(self.config, model_call=model_call):
-            async with asyncio.timeout(self.config.stall_timeout):
-                return await call
+            async with self._until_closed(), asyncio.timeout(self.config.stall_timeout):
+                return await call()
 
     def _chat_arguments(self, request: ChatRequest) -> dict[str, Any]:
         config = self.config
@@ -285,6 +305,8 @@ class _Failures:
             return ModelNotFound(f"model '{model}' not found")
         if status == 429 or status >= 500 or status < 0:
             return BackendServerError(detail)
+        if status in REQUEST_REFUSED:
+            return BadRequest(detail)
         return BadResponse(detail)
 
 
@@ -308,8 +330,8 @@ def _short(text: str) -> str:
     return lines[0][:200] if lines else ""
 
 
-def _version(text: str) -> str:
-    data = json.loads(text)
+def _version(body: bytes) -> str:
+    data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("version"), str):
         raise BadResponse("no version in the /api/version answer")
     return str(data["version"])

@@ -8,26 +8,32 @@ and never closed here.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from dataclasses import dataclass, replace
+from functools import partial
 import json
 import logging
+import math
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from .backend import Backend
 from .errors import (
+    REQUEST_REFUSED,
     AuthFailed,
     BackendError,
     BackendServerError,
     BackendTimeout,
     BackendUnreachable,
+    BadRequest,
     BadResponse,
     CapabilityUnsupported,
     ModelNotFound,
 )
+from .limits import MAX_ERROR_BODY, MAX_LINE, MAX_METADATA, read_at_most, read_whole
 from .models import (
     BackendConfig,
     ChatMessage,
@@ -50,6 +56,18 @@ _TOOLS_REJECTED = re.compile(
     r"--jinja|does not support tools|--enable-auto-tool-choice", re.IGNORECASE
 )
 _MODEL_MISSING = re.compile(r"model\b.*\b(not found|does not exist)", re.IGNORECASE)
+_VERSION = re.compile(r"v\d+\w*")
+
+
+def _api_base(url: str) -> str:
+    """Where the API lives: the URL, or its /v1 when it names no version.
+
+    Versions: /v1, Gemini's /v1beta/openai, Groq's /openai/v1.
+    """
+    base = url.rstrip("/")
+    if any(map(_VERSION.fullmatch, urlsplit(base).path.split("/"))):
+        return base
+    return base + "/v1"
 
 
 class OpenAIBackend(Backend):
@@ -58,73 +76,134 @@ class OpenAIBackend(Backend):
     def __init__(self, config: BackendConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(config)
         self._session = session
-        # Users paste the URL with or without the /v1 the API lives under.
-        self._root = config.url.rstrip("/").removesuffix("/v1").rstrip("/")
+        self._api = _api_base(config.url)
         self._headers = (
             {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         )
+        self._probed_listing: _Listing | None = None
+        self._takes_stream_options: bool | None = None
+        """Whether the server accepts stream_options; None until one says."""
 
     async def chat(self, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        """Stream a completion from /v1/chat/completions."""
+        """Stream a completion from the API's /chat/completions."""
         body = self._chat_body(request)
         _LOGGER.debug("%s: chat request %s", self.name, body)
-        # No read timeout: the router enforces first-token and stall deadlines.
-        async with self._call("POST", "/v1/chat/completions", body=body) as response:
+        async with AsyncExitStack() as stack:
+            async with self._until_closed():
+                response = await self._send_chat(stack, body)
             stream = _Stream(self.config.api_key)
-            async for line in _lines(response.content):
+            lines = await stack.enter_async_context(aclosing(_lines(response.content)))
+            while True:
+                async with self._until_closed():
+                    line = await anext(lines, None)
+                if line is None:
+                    # Some servers close after the finish_reason without [DONE].
+                    if not stream.finished:
+                        raise BadResponse("stream ended before [DONE]")
+                    break
                 if not line.startswith(b"data:"):
                     continue  # blank separators, ": keep-alive" comments, fields
                 payload = line.removeprefix(b"data:").strip()
                 if payload == b"[DONE]":
-                    for event in stream.finish():
-                        yield event
-                    return
+                    break
                 for event in stream.feed(payload):
                     yield event
-            raise BadResponse("stream ended before [DONE]")
+        for event in stream.finish():
+            yield event
 
     async def probe(self) -> ProbeResult:
-        """GET /health (llama.cpp), else /v1/models for servers without it."""
-        async with self._call(
-            "GET", "/health", read_timeout=True, missing_ok=True
-        ) as response:
-            if response.status != 404:
-                return ProbeResult()
-        await self.list_models()
+        """GET /v1/models, which every server answers cheaply.
+
+        Not /health: a LiteLLM proxy answers it by running a completion on
+        every model. The listing serves the model check that follows.
+        """
+        self._probed_listing = await self._listing()
         return ProbeResult()
 
     async def list_models(self) -> list[str]:
         """Model ids from /v1/models."""
-        async with self._call("GET", "/v1/models", read_timeout=True) as response:
-            answer = await response.read()
+        return (await self._latest_listing()).models
+
+    async def check_model(self) -> None:
+        """Raise ModelNotFound unless the server lists the configured model.
+
+        llama-server lists its one model by file path or alias and answers
+        under any name: it always passes, as does a server listing none.
+        """
+        listing = await self._latest_listing()
+        if listing.llama_cpp or not listing.models:
+            return
+        if self.config.model not in listing.models:
+            raise ModelNotFound(f"model '{self.config.model}' not found")
+
+    async def _latest_listing(self) -> _Listing:
+        """The listing the last probe fetched, once; else a new one."""
+        listing, self._probed_listing = self._probed_listing, None
+        return listing or await self._listing()
+
+    async def _listing(self) -> _Listing:
+        async with (
+            self._until_closed(),
+            self._call("GET", "/models", read_timeout=True) as response,
+        ):
+            answer = await read_whole(response, MAX_METADATA)
         try:
-            return [str(model["id"]) for model in json.loads(answer)["data"]]
-        except (ValueError, LookupError, TypeError) as err:
+            data = json.loads(answer)["data"]
+            return _Listing(
+                models=[str(model["id"]) for model in data],
+                llama_cpp=any(model.get("owned_by") == "llamacpp" for model in data),
+            )
+        except (ValueError, LookupError, TypeError, AttributeError) as err:
             raise BadResponse("unexpected /v1/models answer") from err
 
     async def model_details(self) -> ModelDetails:
         """OpenAI-compatible servers do not report model capabilities."""
         return ModelDetails(capabilities=None)
 
+    async def _send_chat(
+        self, stack: AsyncExitStack, body: dict[str, Any]
+    ) -> aiohttp.ClientResponse:
+        """Send a chat request; its response stays open as long as stack.
+
+        Some hosted services refuse stream_options, with a bare 422 or 400:
+        refused before the server ever took it, the request is sent once
+        more without it, and if that goes through, never with it again.
+        """
+        # No read timeout: the router enforces first-token and stall deadlines.
+        chat = partial(self._call, "POST", "/chat/completions")
+        try:
+            response = await stack.enter_async_context(chat(body=body))
+        except BadRequest:
+            if self._takes_stream_options is not None:
+                raise
+            body.pop("stream_options")
+            response = await stack.enter_async_context(chat(body=body))
+            self._takes_stream_options = False
+        else:
+            self._takes_stream_options = "stream_options" in body
+        return response
+
     def _chat_body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.config.model,
             "messages": [_message(message) for message in request.messages],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self._takes_stream_options is not False:
+            body["stream_options"] = {"include_usage": True}
         if self.config.max_tokens is not None:
             body["max_tokens"] = self.config.max_tokens
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
         if request.response_schema is not None:
+            schema = dict(request.response_schema)
+            json_schema: dict[str, Any] = {"name": "response", "schema": schema}
+            # OpenAI refuses strict mode for schemas it cannot enforce.
+            if _strict_ready(schema):
+                json_schema["strict"] = True
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {
-                    "name": "response",
-                    "schema": dict(request.response_schema),
-                    "strict": True,
-                },
+                "json_schema": json_schema,
             }
         return body
 
@@ -136,13 +215,11 @@ class OpenAIBackend(Backend):
         *,
         body: Mapping[str, Any] | None = None,
         read_timeout: bool = False,
-        missing_ok: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request and turn every failure into a BackendError.
 
         read_timeout bounds each read by the stall timeout; only for cheap
-        calls, chat deadlines belong to the router. missing_ok hands a 404
-        to the caller instead of raising.
+        calls, chat deadlines belong to the router.
         """
         timeout = aiohttp.ClientTimeout(
             sock_connect=self.config.connect_timeout,
@@ -152,15 +229,14 @@ class OpenAIBackend(Backend):
         try:
             async with self._session.request(
                 method,
-                self._root + path,
+                self._api + path,
                 json=body,
                 headers=self._headers,
                 timeout=timeout,
             ) as response:
-                if response.status >= 400 and not (
-                    missing_ok and response.status == 404
-                ):
-                    text = await response.text(errors="replace")
+                if response.status >= 400:
+                    error = await read_at_most(response, MAX_ERROR_BODY)
+                    text = error.decode(errors="replace")
                     raise _status_error(
                         response.status,
                         _error_text(_parse(text)),
@@ -189,7 +265,40 @@ def _status_error(
         return ModelNotFound(text)
     if status == 429 or status >= 500:
         return BackendServerError(text)
+    if status in REQUEST_REFUSED:
+        return BadRequest(text)
     return BadResponse(text)
+
+
+def _strict_ready(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes a JSON schema.
+
+    It wants every object closed (additionalProperties false) with all of
+    its properties required, down to nested and referenced schemas.
+    """
+    if isinstance(schema, list):
+        return all(map(_strict_ready, schema))
+    if not isinstance(schema, Mapping):
+        return True
+    properties = _mapping(schema.get("properties"))
+    types = schema.get("type")
+    if properties or "object" in (types if isinstance(types, list) else [types]):
+        required = schema.get("required")
+        if schema.get("additionalProperties") is not False or not (
+            isinstance(required, list) and set(map(str, required)) == set(properties)
+        ):
+            return False
+    children = [
+        *properties.values(),
+        *_mapping(schema.get("$defs")).values(),
+        *_mapping(schema.get("definitions")).values(),
+        *(schema.get(key) for key in ("items", "anyOf", "allOf", "oneOf")),
+    ]
+    return all(map(_strict_ready, children))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _transport_error(err: Exception, *, answered: bool) -> BackendError:
@@ -226,16 +335,30 @@ def _error_text(body: Any) -> str:
     return str(body)[:200]
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[bytes]:
     """Lines of a byte stream, however the network split it.
 
-    A CR of a CRLF ending stays; callers strip what they parse.
+    A CR of a CRLF ending stays; callers strip what they parse. A line longer
+    than MAX_LINE is a BadResponse rather than memory held without bound.
     """
-    pending = b""
+    pending = bytearray()
     async for data in content.iter_any():
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            yield line
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pending += data[start:end]
+            _check_line(pending)
+            yield bytes(pending)
+            pending.clear()
+            start = end + 1
+        pending += data[start:]
+        _check_line(pending)
+    if pending:  # the last line may lack its newline
+        yield bytes(pending)
+
+
+def _check_line(line: bytearray) -> None:
+    if len(line) > MAX_LINE:
+        raise BadResponse(f"stream line longer than {MAX_LINE // 1024} KiB")
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
@@ -268,6 +391,14 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What /v1/models says."""
+
+    models: list[str]
+    llama_cpp: bool
+
+
 @dataclass
 class _PartialCall:
     """A tool call whose pieces are still arriving."""
@@ -285,6 +416,9 @@ class _Stream:
         self._calls: dict[int, _PartialCall] = {}
         self._timings: ServerStats | None = None
         self._usage: ServerStats | None = None
+        self._output_chunks = 0
+        self.finished = False
+        """Whether a finish_reason came: the answer is complete."""
 
     def feed(self, payload: bytes) -> list[StreamEvent]:
         """Events carried by one data line."""
@@ -298,23 +432,27 @@ class _Stream:
                     secret=self._secret,
                     chat=True,
                 )
-            if timings := chunk.get("timings"):  # llama.cpp
+            # Statistics are optional: a field in another shape is unknown.
+            if isinstance(timings := chunk.get("timings"), dict):  # llama.cpp
                 self._timings = ServerStats(
-                    prompt_tokens=timings["prompt_n"],
-                    completion_tokens=timings["predicted_n"],
-                    prompt_seconds=timings["prompt_ms"] / 1000,
-                    generation_seconds=timings["predicted_ms"] / 1000,
+                    prompt_tokens=_count(timings.get("prompt_n")),
+                    completion_tokens=_count(timings.get("predicted_n")),
+                    prompt_seconds=_seconds(timings.get("prompt_ms")),
+                    generation_seconds=_seconds(timings.get("predicted_ms")),
                 )
-            if usage := chunk.get("usage"):
+            if isinstance(usage := chunk.get("usage"), dict):
                 self._usage = ServerStats(
-                    prompt_tokens=usage["prompt_tokens"],
-                    completion_tokens=usage["completion_tokens"],
+                    prompt_tokens=_count(usage.get("prompt_tokens")),
+                    completion_tokens=_count(usage.get("completion_tokens")),
                 )
-            return [
-                event
-                for choice in chunk.get("choices") or ()
-                for event in self._delta(choice.get("delta") or {})
-            ]
+            events: list[StreamEvent] = []
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                output = self._delta(delta)
+                self._output_chunks += bool(output or delta.get("tool_calls"))
+                events += output
+                self.finished = self.finished or bool(choice.get("finish_reason"))
+            return events
         except (ValueError, LookupError, AttributeError, TypeError) as err:
             raise BadResponse("malformed stream chunk") from err
 
@@ -342,8 +480,23 @@ class _Stream:
         events: list[StreamEvent] = []
         if self._calls:
             events.append(ToolCallDelta(tuple(map(_tool_call, self._calls.values()))))
-        events.append(self._timings or self._usage or ServerStats())
+        stats = self._timings or self._usage or ServerStats()
+        events.append(replace(stats, output_chunks=self._output_chunks))
         return events
+
+
+def _count(value: Any) -> int | None:
+    """A token count, if value is one."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """Seconds from a duration in milliseconds, if value is one."""
+    if isinstance(milliseconds, int | float) and not isinstance(milliseconds, bool):
+        return milliseconds / 1000 if 0 <= milliseconds < math.inf else None
+    return None
 
 
 def _tool_call(call: _PartialCall) -> ToolCall:

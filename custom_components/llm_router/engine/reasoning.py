@@ -25,8 +25,8 @@ class Split:
 
 class _State(Enum):
     START = auto()  # only whitespace so far, or a partial opening tag
-    REASONING = auto()  # inside <think>
-    HELD = auto()  # maybe reasoning without an opening tag; not emitted yet
+    REASONING = auto()  # inside <think>, expected to think
+    HELD = auto()  # maybe reasoning, until </think> says so; not emitted yet
     ANSWER = auto()
 
 
@@ -34,9 +34,12 @@ class ReasoningSplitter:
     """Separate reasoning from answer text, chunk by chunk.
 
     With expect_reasoning, output that starts without <think> is held back
-    until </think> confirms it was reasoning; if the stream ends first, the
-    held text was the answer and flush() returns it as such. Without it,
-    text is answer until a <think> appears, so nothing is delayed.
+    until </think> confirms it was reasoning, and output that starts with
+    <think> is reasoning. Otherwise text is answer, so nothing is delayed,
+    until a <think> appears: what follows is held back until </think>
+    confirms it was reasoning. Held text that no </think> confirms was the
+    answer after all (a model may write about the tag): flush() returns it
+    as such, with its <think>.
     """
 
     def __init__(self, *, expect_reasoning: bool = False) -> None:
@@ -44,6 +47,8 @@ class ReasoningSplitter:
         self._state = _State.START
         self._buffer = ""
         self._held = ""
+        self._held_tag = ""
+        """The <think> that started the held text, given back if unconfirmed."""
         self._answer_started = False
 
     def reasoning_handled_elsewhere(self) -> None:
@@ -65,7 +70,8 @@ class ReasoningSplitter:
         if self._state is not _State.HELD:
             return split
         # No </think> came: the held text was the answer after all.
-        held, self._held = self._held, ""
+        held = self._held_tag + self._held
+        self._held = self._held_tag = ""
         self._state = _State.ANSWER
         return Split(split.reasoning, self._answer_text(held) + split.answer)
 
@@ -75,10 +81,13 @@ class ReasoningSplitter:
         if not stripped or OPEN_TAG.startswith(stripped):
             return False
         if stripped.startswith(OPEN_TAG):
-            self._state = _State.REASONING
             self._buffer = stripped.removeprefix(OPEN_TAG)
+            if self._expect_reasoning:
+                self._state = _State.REASONING
+            else:
+                self._hold(OPEN_TAG)
         elif self._expect_reasoning:
-            self._state = _State.HELD
+            self._hold("")
         else:
             self._state = _State.ANSWER
         return True
@@ -101,12 +110,17 @@ class ReasoningSplitter:
             self._take(self._buffer[:index], reasoning, answer)
             self._buffer = self._buffer[index + len(tag) :]
             if tag == OPEN_TAG:
-                self._state = _State.REASONING
+                self._hold(OPEN_TAG)
                 continue
             if self._state is _State.HELD:
                 reasoning.append(self._held)
-                self._held = ""
+                self._held = self._held_tag = ""
             self._state = _State.ANSWER
+
+    def _hold(self, tag: str) -> None:
+        """Hold what follows until </think> shows whether it is reasoning."""
+        self._state = _State.HELD
+        self._held_tag = tag
 
     def _take(self, text: str, reasoning: list[str], answer: list[str]) -> None:
         if self._state is _State.REASONING:

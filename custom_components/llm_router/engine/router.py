@@ -219,6 +219,7 @@ class Router:
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self._warm_ups: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
 
     def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call listener after every change of state; returns its remover."""
@@ -328,7 +329,7 @@ class Router:
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
         state.breaker.record_failure(error)
-        if state.breaker.allows():
+        if state.breaker.allows() or self._closed:
             return
         self._cancel_cooldown(state)
         self._cooldowns[state.name] = asyncio.get_running_loop().call_later(
@@ -341,7 +342,7 @@ class Router:
 
     def request_probe(self, name: str) -> None:
         """Probe a backend in the background, once at a time."""
-        if name in self._probes:
+        if name in self._probes or self._closed:
             return
         task = asyncio.get_running_loop().create_task(
             self.async_probe(name), name=f"llm_router probe {name}"
@@ -364,7 +365,7 @@ class Router:
         A user's request always goes first: nothing is loaded while one
         holds or waits for a slot (it loads the model itself).
         """
-        if not self.keeps_warm(state) or state.name in self._warm_ups:
+        if self._closed or not self.keeps_warm(state) or state.name in self._warm_ups:
             return
         if handle := self._warm_timers.pop(state.name, None):
             handle.cancel()
@@ -411,7 +412,11 @@ class Router:
         self._keep_warm(state)
 
     async def close(self) -> None:
-        """Stop background probes and warm-ups, release the backends."""
+        """Stop probes, timers and warm-ups for good; end the turns in flight.
+
+        Closing the backends fails what they are waiting for.
+        """
+        self._closed = True
         for handle in [*self._cooldowns.values(), *self._warm_timers.values()]:
             handle.cancel()
         self._cooldowns.clear()
@@ -798,16 +803,9 @@ class _Attempt:
         )
 
     def _late(self, limit: float, reason: str) -> BackendError:
-        """The error for a deadline: the backend's, unless it is not to blame.
-
-        Not when the turn's deadline came first, nor when the wait for a
-        slot took most of the budget.
-        """
+        """The error for a deadline: the backend's, unless the turn's was first."""
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
-        budget = self.state.config.first_token_timeout
-        if self.first_word is None and self.queued > budget / 2:
-            return BackendBusy(f"{reason}, {self.queued:.0f} s of it in line")
         return BackendTimeout(reason)
 
     async def _run(self) -> AsyncGenerator[RouterEvent]:
@@ -837,22 +835,24 @@ class _Attempt:
             except TimeoutError:
                 raise self._late(first_deadline, "no answer in time") from None
             while True:
+                sent = self._adapt()
                 try:
                     # Closed here, so that an abandoned turn closes the stream.
-                    async with aclosing(
-                        self._stream(self._adapt(), first_deadline)
-                    ) as events:
+                    async with aclosing(self._stream(sent, first_deadline)) as events:
                         async for event in events:
                             yield event
                     return
                 except CapabilityUnsupported as err:
-                    if (
-                        self.answering
-                        or Capability(err.capability) in state.unsupported
-                    ):
+                    capability = Capability(err.capability)
+                    # What was sent, not what is known now: another turn may
+                    # have learnt it meanwhile.
+                    used = (
+                        sent.think if capability is Capability.THINKING else sent.tools
+                    )
+                    if self.answering or not used:
                         raise
                     # Learnt the hard way: retry at once without the feature.
-                    state.unsupported.add(Capability(err.capability))
+                    state.unsupported.add(capability)
         finally:
             state.holding.remove(hold)
             self.slot_seconds = loop.time() - taken

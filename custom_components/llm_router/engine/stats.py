@@ -1,7 +1,10 @@
 """Throughput statistics of one generation.
 
+Each figure is defined once, here and in the README's entities table.
 Server-reported numbers win (Ollama's eval durations, llama.cpp timings);
-otherwise speeds are measured on the client from chunk arrival times.
+otherwise generation speed is measured on the client from chunk arrival
+times. Times count from when the request was sent, after any wait for a
+free slot.
 """
 
 from __future__ import annotations
@@ -16,34 +19,44 @@ class GenerationStats:
     """Timings and speeds of one completed generation (seconds, tokens/s)."""
 
     time_to_first_token: float | None
+    """Request sent to first streamed output (reasoning, text, tool call)."""
     response_time: float
+    """Request sent to the end of the stream."""
     prompt_tokens: int | None
+    """As the server counts them; None when it does not say."""
     completion_tokens: int | None
+    """As the server counts them, reasoning included; None when it does not say."""
     generation_speed: float | None
+    """Completion tokens per second of decoding: the server's durations, else
+    from the first streamed output to the last (the first token ends the
+    prompt, so it is not counted). Without a count, each chunk that carried
+    output is a token."""
     prompt_speed: float | None
+    """Prompt tokens per second of prompt processing, as the server reports it;
+    None otherwise (the time to the first token also holds queueing, model
+    loading and the network)."""
     load_time: float | None
     server_reported: bool
+    """Whether generation_speed is the server's own."""
 
 
 @dataclass(slots=True)
 class StreamClock:
-    """Arrival times of one stream, relative to when the request was sent."""
+    """When a stream's output arrived (event loop time)."""
 
     started: float
     first_token: float | None = None
     last_token: float | None = None
-    tokens: int = 0
 
     def token(self, now: float) -> None:
-        """Note one streamed piece of output."""
+        """Note that a piece of output arrived."""
         if self.first_token is None:
             self.first_token = now
         self.last_token = now
-        self.tokens += 1
 
 
 def _rate(count: int | None, seconds: float | None) -> float | None:
-    if count is None or not seconds or seconds <= 0:
+    if count is None or count <= 0 or seconds is None or seconds <= 0:
         return None
     return count / seconds
 
@@ -54,22 +67,22 @@ def summarize(
     """Combine what the server reported with what the client measured."""
     ttft = None if clock.first_token is None else clock.first_token - clock.started
     generation_speed = _rate(server.completion_tokens, server.generation_seconds)
-    prompt_speed = _rate(server.prompt_tokens, server.prompt_seconds)
     server_reported = generation_speed is not None
     if generation_speed is None and clock.first_token is not None:
-        # The first token's time is prompt processing; decoding is the rest.
-        tokens = server.completion_tokens or clock.tokens
         assert clock.last_token is not None
+        tokens = (
+            server.output_chunks
+            if server.completion_tokens is None
+            else server.completion_tokens
+        )
         generation_speed = _rate(tokens - 1, clock.last_token - clock.first_token)
-    if prompt_speed is None:
-        prompt_speed = _rate(server.prompt_tokens, ttft)
     return GenerationStats(
         time_to_first_token=ttft,
         response_time=finished - clock.started,
         prompt_tokens=server.prompt_tokens,
-        completion_tokens=server.completion_tokens or clock.tokens or None,
+        completion_tokens=server.completion_tokens,
         generation_speed=generation_speed,
-        prompt_speed=prompt_speed,
+        prompt_speed=_rate(server.prompt_tokens, server.prompt_seconds),
         load_time=server.load_seconds,
         server_reported=server_reported,
     )
