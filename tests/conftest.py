@@ -83,6 +83,9 @@ def backend(
         "connect_timeout": 3.0,
         "first_token_timeout": 30.0,
         "think": False,
+        # Loading models in the background would race the tests' fakes;
+        # tests of warm models turn it on.
+        "keep_warm": False,
         **extra,
     }
 

@@ -89,3 +89,24 @@ async def test_every_backend_down(hass: HomeAssistant) -> None:
         await ai_task.async_generate_data(
             hass, task_name="greet", entity_id=ENTITY, instructions="Say hi."
         )
+
+
+async def test_answer_that_breaks_off_is_asked_again_elsewhere(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    """Nobody heard the partial answer, so the next backend answers in full."""
+    async with FakeOllama() as gpu:
+        await setup_router(
+            hass,
+            router_entry(
+                backend("GPU server", "ollama", gpu.url, "llama3.2", 1),
+                backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+            ),
+        )
+        gpu.script(Reply(text="Good morning, the bins", drop_after_chunks=2))
+        ollama.script(Reply(text="Good morning! Bins out today."))
+        result = await ai_task.async_generate_data(
+            hass, task_name="greet", entity_id=ENTITY, instructions="Say good morning."
+        )
+    assert result.data == "Good morning! Bins out today."
+    assert hass.states.get("sensor.llm_router_last_backend").state == "Pi"

@@ -76,6 +76,8 @@ async def test_create_router_with_first_backend(
         "connect_timeout": 3,
         "first_token_timeout": 30,
         "always_on": True,
+        "think_auto": False,
+        "max_tokens": 512,
     }
     assert entry.state is ConfigEntryState.LOADED
 
@@ -349,8 +351,66 @@ async def test_options(hass: HomeAssistant, ollama: FakeOllama) -> None:
         "max_history": 3,
         "policy": "ordered",
         "probe_interval": 60,
+        "turn_timeout": 120.0,
+        "latency_budget": 3.0,
+        "hedging": False,
     }
     assert entry.state is ConfigEntryState.LOADED
+
+
+async def test_routing_options_reach_the_router(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    entry = await router_with_pi(hass, ollama)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    fields = {
+        "max_history": 3,
+        "policy": "local_first",
+        "probe_interval": 60,
+        "latency_budget": 2.5,
+        "hedging": True,
+    }
+    # The Pi's first-token timeout is 30 s: a shorter turn could never wait for it.
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {**fields, "turn_timeout": 20}
+    )
+    assert result["errors"] == {"turn_timeout": "turn_timeout_too_short"}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {**fields, "turn_timeout": 600}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    await hass.async_block_till_done()
+    router = entry.runtime_data.router
+    assert (router.settings.turn_timeout, router.settings.latency_budget) == (600, 2.5)
+    assert router.settings.hedging
+    assert type(router.policy).__name__ == "LocalFirstPolicy"
+
+
+async def test_first_token_timeout_beyond_the_turn_timeout_is_refused(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    entry = await router_with_pi(hass, ollama)
+    (subentry_id,) = entry.subentries
+    result = await entry.start_subentry_reconfigure_flow(hass, subentry_id)
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
+    )
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"], {**MODEL_STEP, "first_token_timeout": 300}
+    )
+    assert result["errors"] == {"first_token_timeout": "exceeds_turn_timeout"}
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"],
+        {**MODEL_STEP, "max_tokens": 64, "think_auto": True, "keep_warm": False},
+    )
+    assert result["type"] is FlowResultType.ABORT
+    await hass.async_block_till_done()
+    config = entry.runtime_data.router.states["Pi"].config
+    assert (config.max_tokens, config.think_auto, config.keep_warm) == (
+        64,
+        True,
+        False,
+    )
 
 
 @pytest.mark.parametrize("keep_alive", ["forever", "30 minutes", "1d"])

@@ -52,6 +52,13 @@ async def test_diagnostics(
     assert pi["requests"] == 1
     assert pi["capabilities"] == ["tools"]
     assert pi["last_stats"]["completion_tokens"] > 0
+    served = pi["recent_attempts"][-1]
+    assert served["decision"] == "fallback"
+    assert served["forecast"]["queue"] == 0.0
+    assert served["first_word"] > 0
+    assert pi["time_to_first_word"] > 0
+    assert pi["prediction"]["think"] is False
+    assert pi["keeps_warm"] is False
     assert diagnostics["last_backend"] == "Pi"
     assert diagnostics["fallbacks"] == 1
     assert diagnostics["options"]["policy"] == "ordered"

@@ -14,7 +14,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
 from custom_components.llm_router.engine.errors import ErrorKind
-from tests.conftest import backend, router_entry, setup_router, until
+from tests.conftest import backend, probe_backends, router_entry, setup_router, until
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -137,3 +137,17 @@ async def test_backend_devices_hang_off_the_router_device(
     assert pi is not None
     assert pi.via_device_id == router.id
     assert "non existing `via_device`" not in caplog.text
+
+
+async def test_first_choice_model_is_loaded_at_start(hass: HomeAssistant) -> None:
+    async with FakeOllama(load_seconds=0.01) as pi:
+        entry = await setup_router(
+            hass,
+            router_entry(
+                backend("Pi", "ollama", pi.url, "llama3.2", 1, keep_warm=None)
+            ),
+        )
+        await probe_backends(hass, entry)
+        await until(lambda: pi.loads == 1)
+        assert [body["messages"] for body in pi.chat_bodies] == [[]]
+        await hass.config_entries.async_unload(entry.entry_id)

@@ -122,7 +122,14 @@ async def test_values_after_a_fallback_turn(
         412 / 0.8, rel=0.01
     )
     assert float(value(hass, "sensor.pi_time_to_first_token")) > 0
+    assert float(value(hass, "sensor.pi_time_to_first_answer_word")) > 0
     assert float(value(hass, "sensor.pi_response_time")) > 0
+    # Learnt from the answer: 412 prompt tokens at 515 tok/s for a short request.
+    predicted = hass.states.get("sensor.pi_predicted_time_to_first_answer_word")
+    assert predicted is not None
+    assert float(predicted.state) > 0
+    assert predicted.attributes["prompt"] == pytest.approx(13 / (412 / 0.8), abs=0.01)
+    assert predicted.attributes["think"] is False
     assert value(hass, "sensor.pi_requests_sent") == "1"
     assert value(hass, "sensor.pi_failed_requests") == "0"
     assert value(hass, "sensor.pi_last_error") == "none"

@@ -52,12 +52,22 @@ async def test_ask_reports_a_fallback_turn(
     assert response["fell_back"] is True
     assert [a["backend"] for a in response["attempts"]] == ["GPU server", "Pi"]
     assert response["attempts"][0]["outcome"] in ("unreachable", "circuit_open")
-    assert response["attempts"][1] == {"backend": "Pi", "outcome": "ok", "error": None}
+    served = response["attempts"][1]
+    assert {k: served[k] for k in ("backend", "outcome", "error", "decision")} == {
+        "backend": "Pi",
+        "outcome": "ok",
+        "error": None,
+        "decision": "fallback",
+    }
+    assert served["predicted_first_word_ms"] > 0
+    assert served["first_word_ms"] >= 0
+    assert served["prediction"]["think"] is False
     # Rounded as the sensors show them; every key names its unit.
     assert response["generation_tokens_per_s"] == 8.7  # 93 / 10.7
     assert response["prompt_tokens_per_s"] == 588.6  # 412 / 0.7
     assert isinstance(response["time_to_first_token_ms"], int)
     assert response["time_to_first_token_ms"] >= 0
+    assert isinstance(response["time_to_first_word_ms"], int)
     assert response["response_time_s"] >= 0
     assert response["response_time_s"] == round(response["response_time_s"], 2)
     assert response["completion_tokens"] == 93
@@ -292,3 +302,24 @@ async def test_benchmark_without_response_updates_sensors(
     assert float(hass.states.get("sensor.pi_generation_speed").state) == pytest.approx(
         7.0
     )
+
+
+async def test_ask_retries_an_answer_that_broke_off(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    async with FakeOllama() as gpu:
+        await setup_router(
+            hass,
+            router_entry(
+                backend("GPU server", "ollama", gpu.url, "llama3.2", 1),
+                backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+            ),
+        )
+        gpu.script(Reply(text="The garage door is", drop_after_chunks=2))
+        ollama.script(Reply(text="The garage door is closed."))
+        response = await ask(hass, text="Is the garage door closed?")
+    assert response["response"] == "The garage door is closed."
+    assert [(a["backend"], a["outcome"]) for a in response["attempts"]] == [
+        ("GPU server", "bad_response"),
+        ("Pi", "ok"),
+    ]

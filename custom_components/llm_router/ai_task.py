@@ -78,6 +78,7 @@ class LLMRouterTaskEntity(LLMRouterEntity, ai_task.AITaskEntity):
                 self.entry.options,
                 language=self.hass.config.language,
                 response_schema=schema,
+                spoken=False,
             )
         except AllBackendsFailed as err:
             raise backends_failed_error(err) from err

@@ -236,11 +236,14 @@ async def async_run_chat_log(
     backend: str | None = None,
     think: bool | None = None,
     response_schema: Mapping[str, Any] | None = None,
+    spoken: bool = True,
 ) -> ChatReport:
     """Answer the chat log, running tool calls, until the model is done.
 
     Sentences of ours (a backend stopped, too many tool calls) are in
-    language. Raises AllBackendsFailed when no backend answered a model call.
+    language. spoken=False where nobody hears the answer as it streams (AI
+    Task, actions): an answer that breaks off is retried on the next backend.
+    Raises AllBackendsFailed when no backend answered a model call.
     """
     api = chat_log.llm_api
     tools = tuple(_tool_spec(tool, api) for tool in api.tools) if api else ()
@@ -254,7 +257,7 @@ async def async_run_chat_log(
             think=think,
             response_schema=response_schema,
         )
-        turn = router.route(request, backend=backend)
+        turn = router.route(request, backend=backend, spoken=spoken)
         report.turns.append(turn)
         async for content in chat_log.async_add_delta_content_stream(
             agent_id, _deltas(chat_log.hass, language, turn)
@@ -285,6 +288,7 @@ async def async_answer(
     *,
     backend: str | None = None,
     think: bool | None = None,
+    spoken: bool = True,
 ) -> ChatReport:
     """Answer a user's input with the router's prompt and LLM API.
 
@@ -306,6 +310,7 @@ async def async_answer(
         language=user_input.language,
         backend=backend,
         think=think,
+        spoken=spoken,
     )
     entry.runtime_data.async_record(report.served_by, fell_back=report.fell_back)
     return report

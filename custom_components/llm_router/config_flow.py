@@ -48,10 +48,14 @@ from .const import (
     CONF_BACKEND,
     CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
+    CONF_HEDGING,
     CONF_KEEP_ALIVE,
+    CONF_KEEP_WARM,
     CONF_KIND,
+    CONF_LATENCY_BUDGET,
     CONF_MAX_HISTORY,
     CONF_MAX_PARALLEL,
+    CONF_MAX_TOKENS,
     CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
@@ -59,15 +63,20 @@ from .const import (
     CONF_PROMPT,
     CONF_SKIP_CHECK,
     CONF_THINK,
+    CONF_THINK_AUTO,
+    CONF_TURN_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_KEEP_ALIVE,
+    DEFAULT_LATENCY_BUDGET,
     DEFAULT_MAX_HISTORY,
     DEFAULT_MAX_PARALLEL,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_NUM_CTX,
     DEFAULT_PRIORITY,
     DEFAULT_PROBE_INTERVAL,
     DEFAULT_ROUTER_NAME,
+    DEFAULT_TURN_TIMEOUT,
     DOMAIN,
     REAUTH_SUBENTRY_ID,
     SUBENTRY_BACKEND,
@@ -87,6 +96,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_MAX_HISTORY: DEFAULT_MAX_HISTORY,
     CONF_POLICY: PolicyName.ORDERED,
     CONF_PROBE_INTERVAL: DEFAULT_PROBE_INTERVAL,
+    CONF_TURN_TIMEOUT: DEFAULT_TURN_TIMEOUT,
+    CONF_LATENCY_BUDGET: DEFAULT_LATENCY_BUDGET,
+    CONF_HEDGING: False,
 }
 
 
@@ -180,8 +192,23 @@ def _model_schema(
         probatio.Required(
             CONF_ALWAYS_ON, default=default(CONF_ALWAYS_ON, True)
         ): BooleanSelector(),
+        probatio.Required(
+            CONF_THINK_AUTO, default=default(CONF_THINK_AUTO, False)
+        ): BooleanSelector(),
+        probatio.Required(
+            CONF_MAX_TOKENS, default=default(CONF_MAX_TOKENS, DEFAULT_MAX_TOKENS)
+        ): NumberSelector(
+            NumberSelectorConfig(min=16, max=32768, mode=NumberSelectorMode.BOX)
+        ),
     }
     if kind is BackendKind.OLLAMA:
+        # Unset: kept warm only while it is the first choice.
+        fields[
+            probatio.Optional(
+                CONF_KEEP_WARM,
+                description={"suggested_value": defaults.get(CONF_KEEP_WARM)},
+            )
+        ] = BooleanSelector()
         fields[
             probatio.Required(
                 CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE)
@@ -202,7 +229,7 @@ def _model_schema(
 def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
     """Model step input with integer fields as integers."""
     data = dict(user_input)
-    for key in (CONF_PRIORITY, CONF_MAX_PARALLEL, CONF_NUM_CTX):
+    for key in (CONF_PRIORITY, CONF_MAX_PARALLEL, CONF_NUM_CTX, CONF_MAX_TOKENS):
         if key in data:
             data[key] = int(data[key])
     return data
@@ -265,9 +292,15 @@ async def _async_check_server(hass: HomeAssistant, server: dict[str, Any]) -> _C
 
 
 async def _async_check_model(
-    hass: HomeAssistant, data: Mapping[str, Any], *, reach_server: bool = True
+    hass: HomeAssistant,
+    data: Mapping[str, Any],
+    *,
+    turn_timeout: float = DEFAULT_TURN_TIMEOUT,
+    reach_server: bool = True,
 ) -> _Check:
     """Check the model step; reach_server also asks the server."""
+    if float(data.get(CONF_FIRST_TOKEN_TIMEOUT, 0)) > turn_timeout:
+        return _Check({CONF_FIRST_TOKEN_TIMEOUT: "exceeds_turn_timeout"})
     if CONF_KEEP_ALIVE in data:
         try:
             parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
@@ -505,7 +538,14 @@ class BackendSubentryFlow(ConfigSubentryFlow):
         if user_input is not None:
             data = {**self._server, **_model_data(user_input)}
             check = await _async_check_model(
-                self.hass, data, reach_server=not self._skip_check
+                self.hass,
+                data,
+                turn_timeout=float(
+                    self._get_entry().options.get(
+                        CONF_TURN_TIMEOUT, DEFAULT_TURN_TIMEOUT
+                    )
+                ),
+                reach_server=not self._skip_check,
             )
             if not check.errors:
                 if self.source == SOURCE_RECONFIGURE:
@@ -533,18 +573,22 @@ class LLMRouterOptionsFlow(OptionsFlow):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """Show and save the options."""
+        errors: dict[str, str] = {}
         if user_input is not None:
-            # Cleared fields are stored empty, so defaults do not come back.
-            return self.async_create_entry(
-                data={
-                    CONF_PROMPT: "",
-                    CONF_LLM_HASS_API: [],
-                    **user_input,
-                    CONF_MAX_HISTORY: int(user_input[CONF_MAX_HISTORY]),
-                    CONF_PROBE_INTERVAL: int(user_input[CONF_PROBE_INTERVAL]),
-                }
-            )
-        options = {**DEFAULT_OPTIONS, **self.config_entry.options}
+            if float(user_input[CONF_TURN_TIMEOUT]) < self._longest_first_token():
+                errors = {CONF_TURN_TIMEOUT: "turn_timeout_too_short"}
+            else:
+                # Cleared fields are stored empty, so defaults do not come back.
+                return self.async_create_entry(
+                    data={
+                        CONF_PROMPT: "",
+                        CONF_LLM_HASS_API: [],
+                        **user_input,
+                        CONF_MAX_HISTORY: int(user_input[CONF_MAX_HISTORY]),
+                        CONF_PROBE_INTERVAL: int(user_input[CONF_PROBE_INTERVAL]),
+                    }
+                )
+        options = {**DEFAULT_OPTIONS, **self.config_entry.options, **(user_input or {})}
         apis = [
             SelectOptionDict(value=api.id, label=api.name)
             for api in llm.async_get_apis(self.hass)
@@ -584,6 +628,25 @@ class LLMRouterOptionsFlow(OptionsFlow):
                         options=list(PolicyName), translation_key=CONF_POLICY
                     )
                 ),
+                probatio.Required(
+                    CONF_TURN_TIMEOUT, default=options[CONF_TURN_TIMEOUT]
+                ): _seconds(1800),
+                probatio.Required(
+                    CONF_LATENCY_BUDGET, default=options[CONF_LATENCY_BUDGET]
+                ): _seconds(600),
+                probatio.Required(
+                    CONF_HEDGING, default=options[CONF_HEDGING]
+                ): BooleanSelector(),
             }
         )
-        return self.async_show_form(step_id="init", data_schema=schema)
+        return self.async_show_form(step_id="init", data_schema=schema, errors=errors)
+
+    def _longest_first_token(self) -> float:
+        """The longest first-token timeout of the router's backends."""
+        return max(
+            (
+                float(s.data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT))
+                for s in backend_subentries(self.config_entry)
+            ),
+            default=0.0,
+        )

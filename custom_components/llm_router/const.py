@@ -19,6 +19,9 @@ CONF_FIRST_TOKEN_TIMEOUT: Final = "first_token_timeout"
 CONF_THINK: Final = "think"
 CONF_KEEP_ALIVE: Final = "keep_alive"
 CONF_NUM_CTX: Final = "num_ctx"
+CONF_MAX_TOKENS: Final = "max_tokens"
+CONF_THINK_AUTO: Final = "think_auto"
+CONF_KEEP_WARM: Final = "keep_warm"
 CONF_SKIP_CHECK: Final = "skip_check"
 CONF_BACKEND: Final = "backend"
 CONF_ALWAYS_ON: Final = "always_on"
@@ -31,6 +34,9 @@ CONF_PROMPT: Final = "prompt"
 CONF_MAX_HISTORY: Final = "max_history"
 CONF_POLICY: Final = "policy"
 CONF_PROBE_INTERVAL: Final = "probe_interval"
+CONF_TURN_TIMEOUT: Final = "turn_timeout"
+CONF_LATENCY_BUDGET: Final = "latency_budget"
+CONF_HEDGING: Final = "hedging"
 
 DEFAULT_ROUTER_NAME: Final = "LLM Router"
 DEFAULT_PRIORITY: Final = 1
@@ -41,6 +47,12 @@ DEFAULT_KEEP_ALIVE: Final = "30m"
 DEFAULT_NUM_CTX: Final = 8192
 DEFAULT_MAX_HISTORY: Final = 10
 DEFAULT_PROBE_INTERVAL: Final = 30
+DEFAULT_TURN_TIMEOUT: Final = 120.0
+# A spoken answer is a few sentences; a looping model stops here. Reasoning
+# counts too (Ollama's num_predict).
+DEFAULT_MAX_TOKENS: Final = 512
+# Voice satellites give up after about 5 s without audio.
+DEFAULT_LATENCY_BUDGET: Final = 3.0
 
 # Bound on model calls for one user turn, so a model that keeps calling
 # tools cannot loop forever.

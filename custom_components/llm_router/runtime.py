@@ -16,17 +16,26 @@ from homeassistant.util.ssl import get_default_context
 from .const import (
     CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
+    CONF_HEDGING,
     CONF_KEEP_ALIVE,
+    CONF_KEEP_WARM,
     CONF_KIND,
+    CONF_LATENCY_BUDGET,
     CONF_MAX_PARALLEL,
+    CONF_MAX_TOKENS,
     CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
     CONF_THINK,
+    CONF_THINK_AUTO,
+    CONF_TURN_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
+    DEFAULT_LATENCY_BUDGET,
     DEFAULT_MAX_PARALLEL,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_PRIORITY,
+    DEFAULT_TURN_TIMEOUT,
     DOMAIN,
     SUBENTRY_BACKEND,
 )
@@ -36,7 +45,7 @@ from .engine.models import BackendConfig, BackendKind
 from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
-from .engine.router import Router
+from .engine.router import Router, RouterSettings
 from .engine.servers import ServerRegistry
 from .engine.urls import InvalidURL, normalize_url
 
@@ -106,6 +115,9 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
             data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT)
         ),
         think=bool(data.get(CONF_THINK, False)),
+        think_auto=bool(data.get(CONF_THINK_AUTO, False)),
+        max_tokens=int(data.get(CONF_MAX_TOKENS, DEFAULT_MAX_TOKENS)),
+        keep_warm=data.get(CONF_KEEP_WARM),
         keep_alive=(
             parse_keep_alive(str(data[CONF_KEEP_ALIVE]))
             if is_ollama and data.get(CONF_KEEP_ALIVE) is not None
@@ -114,6 +126,15 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
         num_ctx=int(data[CONF_NUM_CTX])
         if is_ollama and data.get(CONF_NUM_CTX)
         else None,
+    )
+
+
+def router_settings(options: Mapping[str, Any]) -> RouterSettings:
+    """The engine's router settings from the entry's options."""
+    return RouterSettings(
+        turn_timeout=float(options.get(CONF_TURN_TIMEOUT, DEFAULT_TURN_TIMEOUT)),
+        latency_budget=float(options.get(CONF_LATENCY_BUDGET, DEFAULT_LATENCY_BUDGET)),
+        hedging=bool(options.get(CONF_HEDGING, False)),
     )
 
 
@@ -150,8 +171,10 @@ def create_router(
             configs[subentry.subentry_id] = backend_config(subentry.data)
         except InvalidURL as err:
             unusable[subentry.subentry_id] = err
+    settings = router_settings(entry.options)
     policy = create_policy(
-        PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED))
+        PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED)),
+        latency_budget=settings.latency_budget,
     )
     registry = hass.data.setdefault(DATA_SERVERS, ServerRegistry())
     servers = {config.name: registry.acquire(config) for config in configs.values()}
@@ -166,6 +189,7 @@ def create_router(
         router=Router(
             [create_backend(hass, config) for config in configs.values()],
             policy=policy,
+            settings=settings,
             servers=servers,
         ),
         backend_subentries={

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+import math
 from typing import Any
 
 from homeassistant.components.sensor import (
@@ -21,6 +22,7 @@ from homeassistant.helpers.typing import StateType
 from .coordinator import BackendHealthCoordinator
 from .engine.errors import ErrorKind
 from .engine.models import BackendKind
+from .engine.predictor import Forecast
 from .engine.router import BackendState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
 from .runtime import LLMRouterConfigEntry, LLMRouterData
@@ -93,6 +95,18 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         ),
     ),
     BackendSensorDescription(
+        key="time_to_first_word",
+        translation_key="time_to_first_word",
+        device_class=SensorDeviceClass.DURATION,
+        native_unit_of_measurement=UnitOfTime.MILLISECONDS,
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=0,
+        # Reasoning and model loads are no words: this is what a voice user waits.
+        value_fn=lambda s: (
+            s.last_first_word * 1000 if s.last_first_word is not None else None
+        ),
+    ),
+    BackendSensorDescription(
         key="response_time",
         translation_key="response_time",
         device_class=SensorDeviceClass.DURATION,
@@ -114,6 +128,14 @@ LAST_ERROR = BackendSensorDescription(
     ],
     entity_category=EntityCategory.DIAGNOSTIC,
     value_fn=lambda s: s.last_error.kind if s.last_error else NO_ERROR,
+)
+PREDICTED_FIRST_WORD = SensorEntityDescription(
+    key="predicted_first_word",
+    translation_key="predicted_first_word",
+    device_class=SensorDeviceClass.DURATION,
+    native_unit_of_measurement=UnitOfTime.MILLISECONDS,
+    state_class=SensorStateClass.MEASUREMENT,
+    suggested_display_precision=0,
 )
 LOADED_MODEL = BackendSensorDescription(
     key="loaded_model",
@@ -182,6 +204,7 @@ async def async_setup_entry(
             for description in BACKEND_SENSORS
         ]
         entities.append(LastErrorSensor(entry, coordinator, LAST_ERROR))
+        entities.append(PredictionSensor(entry, coordinator, PREDICTED_FIRST_WORD))
         if kind is BackendKind.OLLAMA:  # only Ollama says what it has loaded
             entities.append(LoadedModelSensor(entry, coordinator, LOADED_MODEL))
         entities += [
@@ -246,6 +269,49 @@ class LastErrorSensor(BackendSensor):
         """The error's message, such as "connection refused"."""
         error = self.backend.last_error
         return {"message": error.message if error else None}
+
+
+class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
+    """The backend's predicted time to the first answer word of a short request.
+
+    Its parts (queue, model load, prompt, reasoning, network) are attributes.
+    """
+
+    _unrecorded_attributes = frozenset(
+        {"queue", "load", "prompt", "reasoning", "network", "think"}
+    )
+
+    def __init__(
+        self,
+        entry: LLMRouterConfigEntry,
+        coordinator: BackendHealthCoordinator,
+        description: SensorEntityDescription,
+    ) -> None:
+        """Create the sensor."""
+        super().__init__(entry, coordinator, description.key)
+        self.entity_description = description
+
+    def _forecast(self) -> Forecast:
+        return self.coordinator.router.forecast(self.coordinator.backend_name)
+
+    @property
+    def native_value(self) -> float | None:
+        """Milliseconds; unknown while the backend is busy for an unknown time."""
+        total = self._forecast().total
+        return round(total * 1000, 1) if math.isfinite(total) else None
+
+    @property
+    def extra_state_attributes(self) -> Mapping[str, Any]:
+        """The parts of the prediction, in seconds."""
+        forecast = self._forecast()
+        return {
+            "queue": forecast.queue,
+            "load": forecast.load,
+            "prompt": round(forecast.prompt, 3),
+            "reasoning": round(forecast.reasoning, 3),
+            "network": round(forecast.network, 3),
+            "think": forecast.think,
+        }
 
 
 class LoadedModelSensor(BackendSensor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from homeassistant.components import conversation
@@ -32,7 +33,7 @@ from .chat import (
 )
 from .const import DOMAIN
 from .engine.models import ChatMessage, ChatRequest
-from .engine.router import AllBackendsFailed
+from .engine.router import AllBackendsFailed, Attempt
 from .engine.stats import GenerationStats
 from .runtime import LLMRouterConfigEntry
 
@@ -182,6 +183,40 @@ def _stats_data(stats: GenerationStats | None) -> dict[str, Any]:
     }
 
 
+def _milliseconds(seconds: float | None) -> int | None:
+    """Whole milliseconds, as the time-to-first-token sensor shows them."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000)
+
+
+def attempt_data(attempt: Attempt) -> dict[str, Any]:
+    """One attempt and why it was made: for responses and diagnostics.
+
+    Times in whole ms (the keys say so): predicted is the forecast when it
+    was tried (None: no time can be told, such as a wait behind requests of
+    unknown length), actual is when its first answer word came; both from
+    the attempt's start.
+    """
+    forecast = attempt.forecast
+    return {
+        "backend": attempt.backend,
+        "outcome": attempt.error_kind or "ok",
+        "error": attempt.error,
+        "decision": attempt.decision,
+        "predicted_first_word_ms": _milliseconds(forecast.total) if forecast else None,
+        "first_word_ms": _milliseconds(attempt.first_word),
+        "queued_ms": _milliseconds(attempt.queued),
+        "prediction": {
+            f"{part}_ms": _milliseconds(getattr(forecast, part))
+            for part in ("queue", "load", "prompt", "reasoning", "network")
+        }
+        | {"think": forecast.think}
+        if forecast
+        else None,
+    }
+
+
 async def _async_ask(call: ServiceCall) -> ServiceResponse:
     """Ask the router; respond with the answer and how it was served."""
     hass = call.hass
@@ -227,6 +262,7 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
                 agent_id,
                 backend=backend,
                 think=call.data.get(ATTR_THINK),
+                spoken=False,
             )
         except conversation.ConverseError as err:
             prompt_failed = HomeAssistantError(
@@ -248,21 +284,18 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         error, cause = failure
         raise error from cause
     served_by = report.served_by
+    served = report.turns[-1].served if report.turns else None
     return {
         "response": result.response.speech["plain"]["speech"],
         "conversation_id": result.conversation_id,
         "backend": served_by,
         "model": router.states[served_by].config.model if served_by else None,
         "fell_back": report.fell_back,
-        "attempts": [
-            {
-                "backend": attempt.backend,
-                "outcome": attempt.error_kind or "ok",
-                "error": attempt.error,
-            }
-            for attempt in report.attempts
-        ],
+        "attempts": [attempt_data(attempt) for attempt in report.attempts],
         **_stats_data(report.turns[-1].stats if report.turns else None),
+        "time_to_first_word_ms": _milliseconds(served.first_word - served.queued)
+        if served is not None and served.first_word is not None
+        else None,
     }
 
 

@@ -249,13 +249,16 @@ async def test_stall_after_answer_started_interrupts_turn() -> None:
     assert router.states["GPU"].failures == 1
 
 
-async def test_reasoning_before_failure_still_falls_back() -> None:
+async def test_reasoning_before_failure_falls_back_and_is_dropped() -> None:
+    """Reasoning is held until its answer starts: a failed attempt's is not shown."""
     gpu = ScriptedBackend("GPU")
     gpu.streams = [[ReasoningDelta("hmm"), BackendServerError("HTTP 500")]]
-    router = TrackedRouter([gpu, ScriptedBackend("Pi", 2)])
+    pi = ScriptedBackend("Pi", 2)
+    pi.streams = [[ReasoningDelta("ok"), *ANSWER]]
+    router = TrackedRouter([gpu, pi])
     turn, events = await collect(router)
     assert turn.served_by == "Pi"
-    assert events[0] == ReasoningDelta("hmm")
+    assert events[:2] == [ReasoningDelta("ok"), TextDelta("The lamp")]
 
 
 async def test_tool_calls_commit_the_attempt() -> None:
@@ -427,8 +430,10 @@ async def test_turn_deadline_while_queued() -> None:
     await router.states["Pi"].slots.acquire()
     with pytest.raises(AllBackendsFailed) as caught:
         await collect(router)
-    assert caught.value.attempts[0].error == "busy with other requests"
+    assert caught.value.attempts[0].error_kind is ErrorKind.OUT_OF_TIME
+    assert caught.value.attempts[0].error == "the turn's time ran out"
     assert pi.requests == []
+    assert router.states["Pi"].failures == 0
 
 
 async def test_model_details_timeout_is_a_failure() -> None:

@@ -8,6 +8,13 @@ model without that capability. Also GET /api/version, /api/tags, /api/ps and
 POST /api/show (with capabilities, unless the model's capabilities are None,
 as servers before 0.6.4 answer).
 
+With load_seconds, models are loaded and unloaded as Ollama does: a chat
+for a model that is not loaded first waits that long (headers go out only
+once it is loaded) and reports it as load_duration; the model then stays
+for the request's keep_alive (five minutes by default), and /api/ps lists
+it with its expires_at. A chat without messages only loads the model. With
+parallel, at most that many chats are answered at once; the rest queue.
+
 A Reply with status 200 and an error sends {"error": ...} inside the stream
 after the text instead of the final chunk, as Ollama does when the runner
 fails mid-generation.
@@ -16,10 +23,13 @@ fails mid-generation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 import json
+import math
+import re
 import time
 from typing import Any
 
@@ -87,9 +97,21 @@ class FakeOllama(FakeServer):
         version: str = "0.12.6",
         running: Sequence[RunningModel] = (),
         api_key: str | None = None,
+        load_seconds: float | None = None,
+        parallel: int | None = None,
     ) -> None:
         super().__init__()
         self.models = {_tagged(name): caps for name, caps in models.items()}
+        self.load_seconds = load_seconds
+        # Loaded models and when they unload (time.monotonic()).
+        self.loaded: dict[str, float] = {}
+        self.loads = 0
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(parallel) if parallel else None
+        # Chats accepted and not done: how long each takes once it has a
+        # slot, and when the one being answered started (parallel=1).
+        self._durations: dict[int, float] = {}
+        self._answering: tuple[int, float] | None = None
         self.version = version
         self.running = list(running)
         self.api_key = api_key
@@ -143,6 +165,18 @@ class FakeOllama(FakeServer):
         return web.json_response({"models": [_listing(name) for name in self.models]})
 
     async def _ps(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        running = [*self.running]
+        for name, until in self.loaded.items():
+            if until > now:
+                expires = (
+                    "2318-01-01T00:00:00Z"  # what Ollama says for "forever"
+                    if math.isinf(until)
+                    else datetime.fromtimestamp(time.time() + until - now, UTC)
+                    .isoformat()
+                    .replace("+00:00", "Z")
+                )
+                running.append(RunningModel(name, expires_at=expires))
         return web.json_response(
             {
                 "models": [
@@ -151,10 +185,59 @@ class FakeOllama(FakeServer):
                         "expires_at": model.expires_at,
                         "size_vram": model.size_vram,
                     }
-                    for model in self.running
+                    for model in running
                 ]
             }
         )
+
+    @property
+    def free_at(self) -> float:
+        """When every accepted chat is expected to be done (time.monotonic())."""
+        now = time.monotonic()
+        left = sum(self._durations.values())
+        if self._answering is not None:
+            key, since = self._answering
+            left -= min(self._durations[key], now - since)
+        return now + left
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether a model is loaded now (always, without load modelling)."""
+        return (
+            self.load_seconds is None
+            or self.loaded.get(_tagged(name), 0.0) > time.monotonic()
+        )
+
+    async def _load(self, tagged: str) -> float:
+        """Load a model unless it is loaded; the seconds this waited."""
+        if self.is_loaded(tagged):
+            return 0.0
+        started = time.perf_counter()
+        if (task := self._loading.get(tagged)) is None:
+            task = asyncio.get_running_loop().create_task(self._loading_model(tagged))
+            self._loading[tagged] = task
+            task.add_done_callback(lambda _: self._loading.pop(tagged, None))
+        await asyncio.shield(task)
+        return time.perf_counter() - started
+
+    async def _loading_model(self, tagged: str) -> None:
+        assert self.load_seconds is not None
+        await asyncio.sleep(self.load_seconds)
+        self.loads += 1
+        self.loaded[tagged] = time.monotonic() + _DEFAULT_KEEP_ALIVE
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of the server's parallel slots; waits in its queue for one."""
+        if self._slots is None:
+            yield
+            return
+        async with self._slots:
+            yield
+
+    def _keep(self, tagged: str, keep_alive: Any) -> None:
+        """The model stays loaded for keep_alive from now."""
+        if self.load_seconds is not None:
+            self.loaded[tagged] = time.monotonic() + _keep_alive_seconds(keep_alive)
 
     async def _show(self, request: web.Request) -> web.Response:
         name = request["body"].get("model", "")
@@ -188,12 +271,42 @@ class FakeOllama(FakeServer):
                 return _error(400, f"{json.dumps(name)} does not support thinking")
             if body.get("tools") and "tools" not in caps:
                 return _error(400, f"{_registry_name(tagged)} does not support tools")
+        if not body.get("messages"):
+            await self._load(tagged)
+            self._keep(tagged, body.get("keep_alive"))
+            return web.json_response(
+                {
+                    "model": name,
+                    "created_at": _now(),
+                    "message": {"role": "assistant", "content": ""},
+                    "done_reason": "load",
+                    "done": True,
+                }
+            )
         reply = self.next_reply(body)
         if reply.status != 200:
             return _error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, thinks=caps is not None and bool(think))
         if body.get("stream", True):
-            return await _stream(request, answer, started)
+            load = 0.0 if self.is_loaded(tagged) else self.load_seconds or 0.0
+            pace = reply.tokens_per_second
+            key = id(answer)
+            self._durations[key] = (
+                load
+                + reply.stall_before_first
+                + (len(answer.messages) / pace if pace else 0.0)
+            )
+            try:
+                async with self._slot():
+                    self._answering = (key, time.monotonic())
+                    answer.load_seconds = await self._load(tagged)
+                    response = await _stream(request, answer, started)
+            finally:
+                del self._durations[key]
+                if self._answering and self._answering[0] == key:
+                    self._answering = None
+            self._keep(tagged, body.get("keep_alive"))
+            return response
         await asyncio.sleep(reply.stall_before_first)
         first = time.perf_counter()
         return web.json_response(
@@ -207,6 +320,7 @@ class _Answer:
     def __init__(self, reply: Reply, body: dict[str, Any], *, thinks: bool) -> None:
         self.reply = reply
         self.body = body
+        self.load_seconds = 0.0
         thinking, text = answer_pieces(reply)
         if not thinks:
             thinking = []
@@ -215,6 +329,12 @@ class _Answer:
             for piece in thinking
         ]
         self.messages += [{"role": "assistant", "content": piece} for piece in text]
+        # num_predict counts every generated token, reasoning included.
+        self.done_reason = "stop"
+        limit = (body.get("options") or {}).get("num_predict")
+        if limit is not None and 0 <= limit < len(self.messages):
+            self.messages = self.messages[:limit]
+            self.done_reason = "length"
         self.calls = [
             {
                 "id": f"call_fake{index}",
@@ -254,7 +374,7 @@ class _Answer:
         Scripted durations win over the measured ones.
         """
         reply = self.reply
-        load = reply.load_seconds or 0.0
+        load = reply.load_seconds or self.load_seconds
         prompt = _first(reply.prompt_seconds, prompt_seconds)
         generation = _first(reply.generation_seconds, generation_seconds)
         prompt_tokens = _first(
@@ -268,7 +388,7 @@ class _Answer:
             "model": self.body["model"],
             "created_at": _now(),
             "message": {"role": "assistant", "content": ""},
-            "done_reason": "stop",
+            "done_reason": self.done_reason,
             "done": True,
             "total_duration": _ns(load + prompt + generation),
             "load_duration": _ns(load),
@@ -314,6 +434,22 @@ async def _stream(
         return response
     await response.write_eof()
     return response
+
+
+_DEFAULT_KEEP_ALIVE = 300.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _keep_alive_seconds(value: Any) -> float:
+    """Ollama's keep_alive: seconds as a number, or a duration; negative: forever."""
+    if value is None:
+        return _DEFAULT_KEEP_ALIVE
+    if isinstance(value, int | float):
+        return math.inf if value < 0 else float(value)
+    if str(value).startswith("-"):
+        return math.inf
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(str(value)))
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -406,9 +406,13 @@ class _Answer:
         ]
         for index, call in enumerate(self.calls):
             self.deltas += _call_deltas(index if tool_call_index else None, call)
+        self.finish_reason = "tool_calls" if self.calls else "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and 0 <= limit < len(self.deltas):
+            self.deltas = self.deltas[:limit]
+            self.finish_reason = "length"
         if self.deltas:
             self.deltas[0] = {"role": "assistant", **self.deltas[0]}
-        self.finish_reason = "tool_calls" if self.calls else "stop"
 
     @property
     def usage(self) -> dict[str, int]:

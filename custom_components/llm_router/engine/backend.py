@@ -24,6 +24,14 @@ class Backend(ABC):
     """Whether the server always returns reasoning in its own field when
     asked to think, so the answer text never starts inside reasoning."""
 
+    switches_thinking: ClassVar[bool] = False
+    """Whether think: false stops a thinking model; elsewhere the server's
+    own settings decide whether it thinks."""
+
+    loads_models: ClassVar[bool] = False
+    """Whether the server loads and unloads models (reported by probe() and
+    ServerStats.load_seconds) and load_model() can load one ahead of use."""
+
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self._closed = False
@@ -68,6 +76,10 @@ class Backend(ABC):
         now = asyncio.get_running_loop().time()
         for wait in self._waits:
             wait.reschedule(now)
+
+    async def load_model(self) -> None:
+        """Load the configured model without generating (loads_models only)."""
+        raise NotImplementedError
 
     @asynccontextmanager
     async def _until_closed(self) -> AsyncIterator[None]:

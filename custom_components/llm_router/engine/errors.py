@@ -22,6 +22,10 @@ class ErrorKind(StrEnum):
     AUTH_FAILED = "auth_failed"
     CIRCUIT_OPEN = "circuit_open"
     CLOSED = "closed"
+    # Outcomes the router makes; none of them counts as the backend's failure.
+    BUSY = "busy"
+    OUT_OF_TIME = "out_of_time"
+    CANCELLED = "cancelled"
 
 
 class BackendError(Exception):
@@ -98,3 +102,21 @@ class AuthFailed(BackendError):
     """The server rejected the API key (401/403)."""
 
     kind = ErrorKind.AUTH_FAILED
+
+
+class BackendBusy(BackendError):
+    """No slot came free within the attempt's first-token budget."""
+
+    kind = ErrorKind.BUSY
+
+
+class OutOfTime(BackendError):
+    """The turn's deadline, not the backend's own, ran out."""
+
+    kind = ErrorKind.OUT_OF_TIME
+
+
+class Overtaken(BackendError):
+    """Another backend, asked at the same time, answered first."""
+
+    kind = ErrorKind.CANCELLED

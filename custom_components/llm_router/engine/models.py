@@ -38,6 +38,13 @@ class BackendConfig:
     first_token_timeout: float = 30.0
     stall_timeout: float = 15.0
     think: bool = False
+    think_auto: bool = False
+    """Think only when the prediction with reasoning fits the latency budget
+    (where the server can switch thinking off; otherwise think)."""
+    max_tokens: int | None = None
+    """Answer cap (Ollama num_predict, OpenAI max_tokens); reasoning counts."""
+    keep_warm: bool | None = None
+    """Keep the model loaded (Ollama); None: only for the first choice."""
     keep_alive: str | int | None = None
     """Ollama: a Go duration ("30m") or seconds (-1: forever)."""
     num_ctx: int | None = None

@@ -69,6 +69,8 @@ class OllamaBackend(Backend):
 
     # Asked to think, Ollama parses the reasoning out or refuses (400).
     splits_reasoning = True
+    switches_thinking = True
+    loads_models = True
 
     def __init__(
         self,
@@ -124,6 +126,15 @@ class OllamaBackend(Backend):
                         yield replace(_stats(part), output_chunks=output_chunks)
                         return
             raise BadResponse("answer ended before its final chunk")
+
+    async def load_model(self) -> None:
+        """A chat request without messages: Ollama loads the model, answers nothing."""
+        arguments: dict[str, Any] = {"model": self.config.model, "messages": []}
+        if self.config.keep_alive is not None:
+            arguments["keep_alive"] = self.config.keep_alive
+        with _Failures(self.config, model_call=True):
+            async with asyncio.timeout(self.config.first_token_timeout):
+                await self._client.chat(**arguments)
 
     async def probe(self) -> ProbeResult:
         """GET /api/version, then the loaded models from /api/ps."""
@@ -210,8 +221,13 @@ class OllamaBackend(Backend):
             arguments["think"] = think
         if config.keep_alive is not None:
             arguments["keep_alive"] = config.keep_alive
+        options: dict[str, Any] = {}
         if config.num_ctx is not None:
-            arguments["options"] = {"num_ctx": config.num_ctx}
+            options["num_ctx"] = config.num_ctx
+        if config.max_tokens is not None:
+            options["num_predict"] = config.max_tokens
+        if options:
+            arguments["options"] = options
         if request.response_schema is not None:
             arguments["format"] = dict(request.response_schema)
         return arguments

@@ -191,6 +191,8 @@ class OpenAIBackend(Backend):
         }
         if self._takes_stream_options is not False:
             body["stream_options"] = {"include_usage": True}
+        if self.config.max_tokens is not None:
+            body["max_tokens"] = self.config.max_tokens
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
         if request.response_schema is not None:

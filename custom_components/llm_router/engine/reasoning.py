@@ -139,8 +139,14 @@ class ReasoningSplitter:
 
 
 def _partial_tag_length(text: str, tags: tuple[str, ...]) -> int:
-    """Length of the longest end of text that could begin one of tags."""
-    for length in range(min(len(text), max(map(len, tags)) - 1), 0, -1):
-        if any(tag.startswith(text[-length:]) for tag in tags):
-            return length
+    """Length of the longest end of text that could begin one of tags.
+
+    Every tag starts with "<": only ends from one can (checked per chunk).
+    """
+    tail = text[-(max(map(len, tags)) - 1) :]
+    index = tail.find("<")
+    while index >= 0:
+        if any(tag.startswith(tail[index:]) for tag in tags):
+            return len(tail) - index
+        index = tail.find("<", index + 1)
     return 0
