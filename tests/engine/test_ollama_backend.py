@@ -140,6 +140,18 @@ async def test_streams_text_then_one_stats(fake: FakeOllama, make: Make) -> None
     assert [e for e in events if isinstance(e, ServerStats)] == [events[-1]]
 
 
+async def test_connection_is_kept_for_the_next_request(
+    fake: FakeOllama, make: Make
+) -> None:
+    """The stream is read to its end, so the next request reuses the connection."""
+    client = make(fake.url)
+    await collect(client)
+    await collect(client)
+
+    first, second = (r["peer"] for r in fake.requests if r["path"] == "/api/chat")
+    assert first == second
+
+
 async def test_thinking_arrives_as_reasoning_before_text(
     fake: FakeOllama, make: Make
 ) -> None:

@@ -107,6 +107,18 @@ async def test_streams_text_then_usage_stats(
     )
 
 
+async def test_connection_is_kept_for_the_next_request(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    """The stream is read to its end, so the next request reuses the connection."""
+    client = backend(session, fake.url)
+    await collect(client)
+    await collect(client)
+
+    first, second = (r["peer"] for r in fake.requests if r["method"] == "POST")
+    assert first == second
+
+
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 async def test_reasoning_fields_become_reasoning_deltas(
     session: aiohttp.ClientSession, field: str

@@ -237,6 +237,11 @@ class FakeServer:
                     if name in request.headers
                 },
                 "body": body,
+                # The client's end of the connection: the same one again
+                # means the connection was kept.
+                "peer": request.transport.get_extra_info("peername")
+                if request.transport
+                else None,
             }
         )
         request["body"] = body

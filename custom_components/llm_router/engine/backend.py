@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
+from types import TracebackType
 from typing import ClassVar
 
 from .errors import BackendClosed
@@ -81,24 +81,44 @@ class Backend(ABC):
         """Load the configured model without generating (loads_models only)."""
         raise NotImplementedError
 
-    @asynccontextmanager
-    async def _until_closed(self) -> AsyncIterator[None]:
+    def _until_closed(self) -> _UntilClosed:
         """Bound one wait for the server by the backend's life.
 
         close() ends the wait with BackendClosed. Never around a yield: the
         end cancels the task that waits, which there is the consumer's.
         """
-        if self._closed:
+        return _UntilClosed(self)
+
+
+class _UntilClosed:
+    """Backend._until_closed's context.
+
+    Entered once per streamed chunk: a plain class is cheaper than a
+    generator-based context manager.
+    """
+
+    __slots__ = ("_backend", "_wait")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._wait = asyncio.timeout(None)
+
+    async def __aenter__(self) -> None:
+        if self._backend._closed:
             raise BackendClosed("closed")
-        wait = asyncio.timeout(None)
+        await self._wait.__aenter__()
+        self._backend._waits.add(self._wait)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._backend._waits.discard(self._wait)
         try:
-            async with wait:
-                self._waits.add(wait)
-                try:
-                    yield
-                finally:
-                    self._waits.discard(wait)
+            await self._wait.__aexit__(exc_type, exc, traceback)
         except TimeoutError:
-            if wait.expired():
+            if self._wait.expired():
                 raise BackendClosed("closed") from None
             raise

@@ -124,6 +124,10 @@ class OllamaBackend(Backend):
                         yield event
                     if part.done:
                         yield replace(_stats(part), output_chunks=output_chunks)
+                        # Read to the end, so that the connection is kept
+                        # for the next request instead of dropped.
+                        async with self._until_closed():
+                            await anext(stream, None)
                         return
             raise BadResponse("answer ended before its final chunk")
 

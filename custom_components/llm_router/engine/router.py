@@ -238,6 +238,8 @@ class Router:
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self._warm_ups: dict[str, asyncio.Task[None]] = {}
+        self._hedge_line: list[Turn] = []
+        """Turns waiting for a backend to hedge onto."""
         self._closed = False
 
     def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
@@ -292,6 +294,17 @@ class Router:
         if forecasts is None:
             forecasts = {name: self.forecast(name) for name in self.states}
         return self.policy.order(list(self.states.values()), forecasts)
+
+    def _earlier_hedge_wants(self, turn: Turn, state: BackendState, now: float) -> bool:
+        """Whether a turn that has waited longer would hedge onto state.
+
+        The one waiting longest goes first, so that a burst's tail is not
+        left to whichever turn looks again first when a slot comes free.
+        """
+        return any(
+            other.started < turn.started and other.would_hedge_onto(state, now)
+            for other in self._hedge_line
+        )
 
     async def async_probe(self, name: str) -> bool:
         """Probe one backend now and feed the result to its breaker."""
@@ -510,7 +523,11 @@ class Turn:
         self._served: Attempt | None = None
         self._pending: deque[BackendState] = deque()
         self._deferred: list[BackendState] = []
+        self.started = 0.0
+        """When the turn began (loop time)."""
         self._deadline = 0.0
+        self._hedge_beat: float | None = None
+        """While waiting to hedge: how soon a backend must answer to be worth it."""
 
     @property
     def fell_back(self) -> bool:
@@ -539,7 +556,7 @@ class Turn:
 
     async def _run(self) -> AsyncIterator[RouterEvent]:
         router = self._router
-        now = asyncio.get_running_loop().time()
+        now = self.started = asyncio.get_running_loop().time()
         self._deadline = now + router.settings.turn_timeout
         names = [self._only] if self._only is not None else list(router.states)
         forecasts = {name: router.forecast(name, self._request, now) for name in names}
@@ -583,6 +600,7 @@ class Turn:
                 state.breaker.allows()
                 and state.has_free_slot()
                 and router.forecast(state.name, self._request, now).total <= beat
+                and not router._earlier_hedge_wants(self, state, now)
             ):
                 continue
             self._pending.remove(state)
@@ -626,6 +644,15 @@ class Turn:
         predicted = router.forecast(state.name, self._request, now)
         return _Attempt(self, state, predicted, Decision.QUEUED)
 
+    def would_hedge_onto(self, state: BackendState, now: float) -> bool:
+        """Whether this turn, waiting to hedge, would take state now."""
+        return (
+            self._hedge_beat is not None
+            and state in self._pending
+            and self._router.forecast(state.name, self._request, now).total
+            <= self._hedge_beat
+        )
+
     async def _race(self, racing: list[_Attempt]) -> _Attempt | None:
         """Run attempts until one starts its answer; None when all failed.
 
@@ -635,54 +662,66 @@ class Turn:
         """
         settings = self._router.settings
         loop = asyncio.get_running_loop()
-        while racing:
-            timeout = None
-            if settings.hedging and len(racing) == 1 and not racing[0].hedged:
-                primary = racing[0]
-                delay = primary.state.latency.hedge_delay(
-                    primary.forecast, settings.predictor
-                )
-                timeout = max(
-                    0.0,
-                    primary.started + delay - loop.time(),
-                    primary.hedge_not_before - loop.time(),
-                )
-            pulls = {attempt.pull(): attempt for attempt in racing}
-            done, _ = await asyncio.wait(
-                pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                # Worth it only for a backend expected to answer before this
-                # one: as it runs later, that is more of them. Checked again
-                # until one is started.
-                primary = racing[0]
-                beat = max(
-                    primary.forecast.total,
-                    primary.forecast.remaining(primary.elapsed()),
-                )
-                if hedge := self._start_next(beat=beat):
-                    primary.hedged = True
-                    racing.append(hedge)
-                else:
-                    primary.hedge_not_before = (
-                        loop.time() + settings.predictor.hedge_min
+        try:
+            while racing:
+                timeout = None
+                if settings.hedging and len(racing) == 1 and not racing[0].hedged:
+                    primary = racing[0]
+                    delay = primary.state.latency.hedge_delay(
+                        primary.forecast, settings.predictor
                     )
-                continue
-            for pull in done:
-                attempt = pulls[pull]
-                try:
-                    attempt.take(pull)
-                except BackendError as err:
-                    racing.remove(attempt)
-                    self._failed(attempt, err)
+                    timeout = max(
+                        0.0,
+                        primary.started + delay - loop.time(),
+                        primary.hedge_not_before - loop.time(),
+                    )
+                pulls = {attempt.pull(): attempt for attempt in racing}
+                done, _ = await asyncio.wait(
+                    pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    # Worth it only for a backend expected to answer before
+                    # this one: as it runs later, that is more of them. Checked
+                    # again until one is started; the longest waiting first.
+                    primary = racing[0]
+                    beat = max(
+                        primary.forecast.total,
+                        primary.forecast.remaining(primary.elapsed()),
+                    )
+                    if hedge := self._start_next(beat=beat):
+                        primary.hedged = True
+                        racing.append(hedge)
+                        self._leave_hedge_line()
+                    else:
+                        if self._hedge_beat is None:
+                            self._router._hedge_line.append(self)
+                        self._hedge_beat = beat
+                        primary.hedge_not_before = (
+                            loop.time() + settings.predictor.hedge_min
+                        )
                     continue
-                if attempt.answering:
-                    for other in [a for a in racing if a is not attempt]:
-                        racing.remove(other)
-                        await other.close()
-                        self._lost(other, attempt)
-                    return attempt
-        return None
+                for pull in done:
+                    attempt = pulls[pull]
+                    try:
+                        attempt.take(pull)
+                    except BackendError as err:
+                        racing.remove(attempt)
+                        self._failed(attempt, err)
+                        continue
+                    if attempt.answering:
+                        for other in [a for a in racing if a is not attempt]:
+                            racing.remove(other)
+                            await other.close()
+                            self._lost(other, attempt)
+                        return attempt
+            return None
+        finally:
+            self._leave_hedge_line()
+
+    def _leave_hedge_line(self) -> None:
+        if self._hedge_beat is not None:
+            self._hedge_beat = None
+            self._router._hedge_line.remove(self)
 
     async def _deliver(self, winner: _Attempt) -> AsyncIterator[RouterEvent]:
         """Stream the winner's answer: spoken at once, or once it is complete.
