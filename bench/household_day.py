@@ -1,8 +1,8 @@
 """A household day of voice requests, routed by each policy side by side.
 
 Two loopback Ollama fakes stand in for the servers, at the rates measured on
-real hardware, with time shortened by --scale (0.05: a real second lasts
-50 ms; every figure below is reported in real seconds):
+real hardware, with time shortened by --scale (0.1: a real second lasts
+100 ms; every figure below is reported in real seconds):
 
   Pi    deepseek-r1:1.5b, 6.5 tok/s, 45 s model load, unloads after 3 idle
         minutes, prompt 0.6 s
@@ -32,7 +32,7 @@ server while another would have answered sooner. Ratios are to the oracle.
 The prediction's median absolute error is over served attempts after the
 first ten requests.
 
-    .venv/bin/python -m bench.household_day [--scale 0.05]
+    .venv/bin/python -m bench.household_day [--scale 0.1]
 """
 
 from __future__ import annotations
@@ -475,7 +475,7 @@ async def main(scale: float, trace: str | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument(
         "--trace", choices=POLICIES, help="run one policy, printing every request"
     )

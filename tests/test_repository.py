@@ -511,6 +511,32 @@ def test_example_urls_are_code_not_links() -> None:
         assert not RE_BARE_URL.search(value), ".".join(path)
 
 
+def test_connect_error_names_the_switch_that_saves_anyway() -> None:
+    """A backend that is switched off can be saved: the error says how."""
+    backend = strings()["config_subentries"]["backend"]
+    for step in ("user", "reconfigure"):
+        label = backend["step"][step]["data"]["skip_check"]
+        assert f'"{label}"' in backend["error"]["cannot_connect"], step
+
+
+def test_server_type_help_says_more_than_the_labels() -> None:
+    """The help for the server type tells what each choice gives."""
+    data = strings()
+    labels = data["selector"]["kind"]["options"].values()
+    label_words = {w for label in labels for w in re.findall(r"[\w.']+", label)}
+    helps = [
+        data["config"]["step"]["user"]["sections"]["backend"]["data_description"],
+        *(
+            step["data_description"]
+            for step in data["config_subentries"]["backend"]["step"].values()
+            if "kind" in step.get("data", {})
+        ),
+    ]
+    for help_texts in helps:
+        words = re.findall(r"[\w.']+", help_texts["kind"])
+        assert len([w for w in words if w not in label_words]) >= 20
+
+
 type Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 

@@ -267,12 +267,17 @@ async def test_benchmark_all_backends(hass: HomeAssistant, ollama: FakeOllama) -
     )
 
 
-async def test_benchmark_one_backend(hass: HomeAssistant, ollama: FakeOllama) -> None:
+@pytest.mark.parametrize("picked", ["name", "device"])
+async def test_benchmark_one_backend(
+    hass: HomeAssistant, ollama: FakeOllama, picked: str
+) -> None:
+    """A backend by name (YAML) or by its device (the action's form)."""
     await setup_router(hass, gpu_and_pi(ollama.url))
+    backend = "Pi" if picked == "name" else device_id(hass, "router", "pi")
     response = await hass.services.async_call(
         "llm_router",
         "benchmark",
-        {"backend": "Pi"},
+        {"backend": backend},
         blocking=True,
         return_response=True,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 import math
 import ssl
 from typing import Any
@@ -649,6 +649,51 @@ async def test_version_answer_is_read_only_up_to_a_limit(
 
     with pytest.raises(error, match=message):
         await make(fake.url, connect_timeout=1.0).probe()
+
+
+MIB = 1024 * 1024
+TOO_LARGE = Endless(head=b'{"models": [' + b" " * MIB)
+
+
+@pytest.mark.parametrize(
+    ("path", "endless", "call", "error", "message"),
+    [
+        (
+            "/api/chat",
+            Endless(status=500, head=b'{"error": "' + b"x" * 100_000),
+            collect,
+            BackendServerError,
+            "^HTTP 500",
+        ),
+        (
+            "/api/chat",
+            Endless(
+                head=b'{"message": {"role": "assistant", "content": "' + b"x" * MIB
+            ),
+            collect,
+            BadResponse,
+            "^stream line longer than 1024 KiB$",
+        ),
+        ("/api/tags", TOO_LARGE, OllamaBackend.list_models, BadResponse, "larger"),
+        ("/api/show", TOO_LARGE, OllamaBackend.model_details, BadResponse, "larger"),
+        ("/api/ps", TOO_LARGE, OllamaBackend.probe, BadResponse, "larger"),
+    ],
+)
+async def test_client_reads_are_bounded(
+    fake: FakeOllama,
+    make: Make,
+    path: str,
+    endless: Endless,
+    call: Callable[[OllamaBackend], Awaitable[object]],
+    error: type[BackendError],
+    message: str,
+) -> None:
+    """What the ollama client reads is bounded: an endless answer cannot hold it."""
+    fake.endless[path] = endless
+
+    async with asyncio.timeout(10):  # a bound on a hang, not a measurement
+        with pytest.raises(error, match=message):
+            await call(make(fake.url))
 
 
 async def test_unexpected_failure_is_a_bad_response(

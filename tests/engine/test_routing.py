@@ -21,6 +21,7 @@ from custom_components.llm_router.engine.errors import (
 from custom_components.llm_router.engine.models import (
     BackendConfig,
     BackendKind,
+    ChatMessage,
     ChatRequest,
     ReasoningDelta,
     ServerStats,
@@ -572,6 +573,34 @@ async def test_never_hedge_onto_a_busy_or_open_backend() -> None:
     ]
     busy.gate.set()
     await first
+
+
+async def test_hedge_goes_to_the_turn_waiting_longest() -> None:
+    """When a busy backend frees up, the turn waiting longest hedges onto it.
+
+    Both turns look again every 0.4 s; the later one looks first after the
+    Pi is free, and still leaves it to the earlier one.
+    """
+    slow, pi = ScriptedBackend("Slow", 1, max_parallel=2), Gated("Pi", 2)
+    slow.streams = [[HANG], [HANG]]
+    router = TrackedRouter([slow, pi], settings=hedging(0.4))
+    busy = await busy_turn(router, pi)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def asking(text: str) -> ChatRequest:
+        return ChatRequest(messages=(ChatMessage("user", text),))
+
+    earlier = asyncio.create_task(collect(router, asking("earlier")))
+    await asyncio.sleep(0.2)
+    later = asyncio.create_task(collect(router, asking("later")))
+    # Between the earlier turn's look at 0.8 s and the later one's at 1.0 s.
+    await asyncio.sleep(started + 0.9 - loop.time())
+    pi.gate.set()
+    await busy
+    await asyncio.gather(earlier, later)
+    asked = [request.messages[-1].content for request in pi.requests[1:]]
+    assert asked == ["earlier", "later"]
 
 
 async def test_hedge_carries_on_when_the_first_fails() -> None:

@@ -7,7 +7,14 @@ shared aiohttp session (never closed here), then /api/ps for what is loaded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+)
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
@@ -42,7 +49,14 @@ from .errors import (
     CapabilityUnsupported,
     ModelNotFound,
 )
-from .limits import MAX_ERROR_BODY, MAX_METADATA, read_at_most, read_whole
+from .limits import (
+    KIB,
+    MAX_ERROR_BODY,
+    MAX_LINE,
+    MAX_METADATA,
+    read_at_most,
+    read_whole,
+)
 from .models import (
     BackendConfig,
     Capability,
@@ -95,7 +109,8 @@ class OllamaBackend(Backend):
                 write=config.stall_timeout,
                 pool=config.connect_timeout,
             ),
-            verify=verify,
+            transport=_BoundedTransport(httpx.AsyncHTTPTransport(verify=verify)),
+            verify=verify,  # for the transports of proxies from the environment
             headers=self._headers,
         )
 
@@ -235,6 +250,80 @@ class OllamaBackend(Backend):
         if request.response_schema is not None:
             arguments["format"] = dict(request.response_schema)
         return arguments
+
+
+class _BoundedTransport(httpx.AsyncBaseTransport):
+    """Bounds what the ollama client reads, which it would read whole.
+
+    An error body is cut after MAX_ERROR_BODY (only its message is used); a
+    chat stream may not go MAX_LINE bytes without a line break; any other
+    answer (model lists, details) may not exceed MAX_METADATA.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        body = cast(httpx.AsyncByteStream, response.stream)
+        if response.status_code >= 400:
+            bounded = _cut_after(body, MAX_ERROR_BODY)
+        elif request.url.path.endswith("/api/chat"):
+            bounded = _lines_within(body, MAX_LINE)
+        else:
+            bounded = _within(body, MAX_METADATA)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Stream(bounded, body),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Stream(httpx.AsyncByteStream):
+    """A bounded body that closes the server's response when it is closed."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], body: httpx.AsyncByteStream):
+        self._chunks = chunks
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
+async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    left = limit
+    async for chunk in body:
+        yield chunk[:left]
+        left -= len(chunk)
+        if left <= 0:
+            return
+
+
+async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise BadResponse(f"answer larger than {limit // KIB} KiB")
+        yield chunk
+
+
+async def _lines_within(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    line = 0
+    async for chunk in body:
+        end = chunk.rfind(b"\n")
+        line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+        if line > limit:
+            raise BadResponse(f"stream line longer than {limit // KIB} KiB")
+        yield chunk
 
 
 class _Failures:
