@@ -205,9 +205,6 @@ homeassistant:
   country: GB
   time_zone: UTC
   unit_system: metric
-http:
-  server_host: 127.0.0.1
-  server_port: {port}
 api:
 assist_pipeline:
 config:
@@ -233,13 +230,43 @@ _ONBOARDING_STORE = {
 }
 
 
+def _http_store(port: int) -> dict[str, Any]:
+    """HTTP settings as Home Assistant 2026.11 stores them, bound to 127.0.0.1.
+
+    Not `http:` in YAML: since 2026.11 that is migrated and raises a repair
+    that a user of the demo would see.
+    """
+    return {
+        "version": 3,
+        "minor_version": 1,
+        "key": "http",
+        "data": {
+            "stable": {
+                "server_port": port,
+                "server_host": ["127.0.0.1"],
+                "cors_allowed_origins": ["https://cast.home-assistant.io"],
+                "login_attempts_threshold": -1,
+                "ip_ban_enabled": True,
+                "ssl_profile": "intermediate_v6",
+                "use_x_frame_options": True,
+                "created_at": "2026-11-29T00:00:00+00:00",
+                "error": None,
+                "error_message": None,
+            },
+            "pending": None,
+            "yaml_migration_done": True,
+        },
+    }
+
+
 def write_hass_config(config_dir: Path, port: int) -> None:
-    """A minimal configuration.yaml, and the integration linked in."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / "configuration.yaml").write_text(_CONFIGURATION.format(port=port))
-    onboarding = config_dir / ".storage" / "onboarding"
+    """A minimal configuration, and the integration linked in."""
+    storage = config_dir / ".storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    (config_dir / "configuration.yaml").write_text(_CONFIGURATION)
+    (storage / "http").write_text(json.dumps(_http_store(port)))
+    onboarding = storage / "onboarding"
     if not onboarding.exists():
-        onboarding.parent.mkdir(exist_ok=True)
         onboarding.write_text(json.dumps(_ONBOARDING_STORE))
     link_integration(config_dir)
 
@@ -443,7 +470,6 @@ def onboard(client: HassClient, user: Credentials, timeout: float = 60.0) -> Non
         "/api/onboarding/integration",
         {"client_id": client_id, "redirect_uri": client_id + "?auth_callback=1"},
     )
-    client.websocket({"type": "http/config/promote"})
     wait_until(
         lambda: client.get("/api/config").get("state") == "RUNNING",
         timeout=timeout,

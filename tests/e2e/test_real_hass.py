@@ -209,3 +209,16 @@ def test_failure_sentence_is_all_the_chat_log_says(
     assert (
         content[-1]["content"] == "Sorry, none of the language model servers answered."
     )
+
+
+def test_no_repair_but_home_assistants_own(hass: HassClient, setup: Setup) -> None:
+    """Nothing the router or the test setup does raises a repair.
+
+    Left: Home Assistant's notice that the Core installation method (a
+    Python venv, as here) is deprecated.
+    """
+    issues = hass.websocket({"type": "repairs/list_issues"})["issues"]
+
+    assert [(i["domain"], i["issue_id"]) for i in issues] == [
+        ("homeassistant", "deprecated_method")
+    ]
