@@ -287,7 +287,9 @@ class _BoundedTransport(httpx.AsyncBaseTransport):
 class _Stream(httpx.AsyncByteStream):
     """A bounded body that closes the server's response when it is closed."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], body: httpx.AsyncByteStream):
+    def __init__(
+        self, chunks: AsyncIterator[bytes], body: httpx.AsyncByteStream
+    ) -> None:
         self._chunks = chunks
         self._body = body
 
