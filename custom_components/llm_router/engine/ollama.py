@@ -288,7 +288,7 @@ class _Stream(httpx.AsyncByteStream):
     """A bounded body that closes the server's response when it is closed."""
 
     def __init__(
-        self, chunks: AsyncIterator[bytes], body: httpx.AsyncByteStream
+        self, chunks: AsyncGenerator[bytes], body: httpx.AsyncByteStream
     ) -> None:
         self._chunks = chunks
         self._body = body
@@ -297,10 +297,11 @@ class _Stream(httpx.AsyncByteStream):
         return self._chunks
 
     async def aclose(self) -> None:
+        await self._chunks.aclose()
         await self._body.aclose()
 
 
-async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes]:
     left = limit
     async for chunk in body:
         yield chunk[:left]
@@ -309,7 +310,7 @@ async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[by
             return
 
 
-async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes]:
     size = 0
     async for chunk in body:
         size += len(chunk)
@@ -318,7 +319,9 @@ async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes
         yield chunk
 
 
-async def _lines_within(body: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _lines_within(
+    body: AsyncIterable[bytes], limit: int
+) -> AsyncGenerator[bytes]:
     line = 0
     async for chunk in body:
         end = chunk.rfind(b"\n")
