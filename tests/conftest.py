@@ -18,6 +18,7 @@ from syrupy.assertion import SnapshotAssertion
 
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
+from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.reports import IntegrationReports
@@ -116,6 +117,20 @@ def router_entry(
             )
             for data in backends
         ],
+    )
+
+
+def gpu_and_pi(
+    pi_url: str, gpu_url: str | None = None, *, gpu_kind: str = "openai"
+) -> MockConfigEntry:
+    """The README's router: a GPU server first, then an Ollama Pi.
+
+    Without gpu_url, the GPU server is one that refuses connections.
+    """
+    gpu_model = "fake-model" if gpu_kind == "openai" else "llama3.2"
+    return router_entry(
+        backend("GPU server", gpu_kind, gpu_url or closed_port_url(), gpu_model, 1),
+        backend("Pi", "ollama", pi_url, "llama3.2", 2),
     )
 
 

@@ -10,7 +10,7 @@ from homeassistant.exceptions import HomeAssistantError
 import probatio
 import pytest
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, gpu_and_pi, router_entry, setup_router
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -22,13 +22,7 @@ BRIEFING = probatio.Schema(
 
 @pytest.fixture
 async def routed(hass: HomeAssistant, ollama: FakeOllama) -> FakeOllama:
-    await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", closed_port_url(), "m", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    await setup_router(hass, gpu_and_pi(ollama.url))
     return ollama
 
 
@@ -96,13 +90,7 @@ async def test_answer_that_breaks_off_is_asked_again_elsewhere(
 ) -> None:
     """Nobody heard the partial answer, so the next backend answers in full."""
     async with FakeOllama() as gpu:
-        await setup_router(
-            hass,
-            router_entry(
-                backend("GPU server", "ollama", gpu.url, "llama3.2", 1),
-                backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-            ),
-        )
+        await setup_router(hass, gpu_and_pi(ollama.url, gpu.url, gpu_kind="ollama"))
         gpu.script(Reply(text="Good morning, the bins", drop_after_chunks=2))
         ollama.script(Reply(text="Good morning! Bins out today."))
         result = await ai_task.async_generate_data(

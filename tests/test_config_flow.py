@@ -15,7 +15,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.llm_router import config_flow
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, gpu_and_pi, router_entry, setup_router
 from tests.fakes.base import Endless, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -323,13 +323,7 @@ async def test_reconfigure_switched_off_backend(hass: HomeAssistant) -> None:
 async def test_remove_backend_reloads_router(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> None:
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", openai.url, "fake-model", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
     gpu_id = next(k for k, s in entry.subentries.items() if s.title == "GPU server")
     assert hass.config_entries.async_remove_subentry(entry, gpu_id)
     await hass.async_block_till_done()

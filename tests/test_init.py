@@ -14,7 +14,14 @@ import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
 from custom_components.llm_router.engine.errors import ErrorKind
-from tests.conftest import backend, probe_backends, router_entry, setup_router, until
+from tests.conftest import (
+    backend,
+    gpu_and_pi,
+    probe_backends,
+    router_entry,
+    setup_router,
+    until,
+)
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -46,13 +53,7 @@ async def test_setup_with_every_backend_down_then_recovers(hass: HomeAssistant) 
 
 
 async def test_unload_and_reload(hass: HomeAssistant, ollama: FakeOllama) -> None:
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", closed_port_url(), "m", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(ollama.url))
     router = entry.runtime_data.router
     await until(lambda: router.states["GPU server"].online is False)
     assert router._cooldowns  # a probe is scheduled for the GPU server
@@ -73,13 +74,7 @@ async def test_unload_and_reload(hass: HomeAssistant, ollama: FakeOllama) -> Non
 async def test_stopping_home_assistant_closes_the_router(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", closed_port_url(), "m", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(ollama.url))
     router = entry.runtime_data.router
     await until(lambda: router.states["GPU server"].online is False)
     assert router._cooldowns

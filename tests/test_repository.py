@@ -64,7 +64,13 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.llm_router import config_flow
 from custom_components.llm_router.const import DOMAIN
-from tests.conftest import backend, probe_backends, router_entry, setup_router
+from tests.conftest import (
+    backend,
+    gpu_and_pi,
+    probe_backends,
+    router_entry,
+    setup_router,
+)
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -1130,13 +1136,7 @@ async def router(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> MockConfigEntry:
     """The README's router: the GPU server first, the Pi second."""
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", openai.url, "fake-model", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
     await probe_backends(hass, entry)
     return entry
 

@@ -15,8 +15,15 @@ from pytest_homeassistant_custom_component.common import (
 )
 from syrupy.assertion import SnapshotAssertion
 
-from tests.conftest import backend, probe_backends, router_entry, setup_router, until
-from tests.fakes.base import Reply, closed_port_url
+from tests.conftest import (
+    backend,
+    gpu_and_pi,
+    probe_backends,
+    router_entry,
+    setup_router,
+    until,
+)
+from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama, RunningModel
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -51,13 +58,7 @@ async def test_entities(
     openai: FakeOpenAI,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", openai.url, "fake-model", 1),
-            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(pi_server.url, openai.url))
     await probe_backends(hass, entry)
     entries = sorted(
         er.async_entries_for_config_entry(entity_registry, entry.entry_id),
@@ -96,13 +97,7 @@ async def test_entities(
 async def test_values_after_a_fallback_turn(
     hass: HomeAssistant, pi_server: FakeOllama
 ) -> None:
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
-            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(pi_server.url))
     await probe_backends(hass, entry)
     # Known server-side numbers: 93 tokens in 10.7 s, 412 prompt tokens in 0.8 s.
     pi_server.script(
@@ -196,13 +191,7 @@ async def test_counters_survive_restart(
             ),
         ],
     )
-    entry = await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", closed_port_url(), "fake-model", 1),
-            backend("Pi", "ollama", pi_server.url, "llama3.2", 2),
-        ),
-    )
+    entry = await setup_router(hass, gpu_and_pi(pi_server.url))
     assert value(hass, "sensor.pi_requests_sent") == "41"
     assert value(hass, "sensor.llm_router_fallbacks") == "7"
     # The probe finds the GPU server down, so the turn skips it.

@@ -9,19 +9,11 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.setup import async_setup_component
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.llm_router.const import DOMAIN
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, gpu_and_pi, router_entry, setup_router
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
-
-
-def gpu_and_pi(pi_url: str, gpu_url: str | None = None) -> MockConfigEntry:
-    return router_entry(
-        backend("GPU server", "openai", gpu_url or closed_port_url(), "fake-model", 1),
-        backend("Pi", "ollama", pi_url, "llama3.2", 2),
-    )
 
 
 async def ask(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
@@ -313,13 +305,7 @@ async def test_ask_retries_an_answer_that_broke_off(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:
     async with FakeOllama() as gpu:
-        await setup_router(
-            hass,
-            router_entry(
-                backend("GPU server", "ollama", gpu.url, "llama3.2", 1),
-                backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-            ),
-        )
+        await setup_router(hass, gpu_and_pi(ollama.url, gpu.url, gpu_kind="ollama"))
         gpu.script(Reply(text="The garage door is", drop_after_chunks=2))
         ollama.script(Reply(text="The garage door is closed."))
         response = await ask(hass, text="Is the garage door closed?")

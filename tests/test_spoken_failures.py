@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from homeassistant.components import conversation
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import intent
 import pytest
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import gpu_and_pi, setup_router
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -38,13 +36,6 @@ def speech(result: conversation.ConversationResult) -> str:
     return str(result.response.speech["plain"]["speech"])
 
 
-def gpu_and_pi(gpu_url: str, pi_url: str) -> Any:
-    return router_entry(
-        backend("GPU server", "openai", gpu_url, "fake-model", 1),
-        backend("Pi", "ollama", pi_url, "llama3.2", 2),
-    )
-
-
 @pytest.mark.parametrize("language", ["en", "de"])
 async def test_no_answer_is_one_short_sentence_in_the_users_language(
     hass: HomeAssistant,
@@ -52,7 +43,7 @@ async def test_no_answer_is_one_short_sentence_in_the_users_language(
     caplog: pytest.LogCaptureFixture,
     language: str,
 ) -> None:
-    await setup_router(hass, gpu_and_pi(openai.url, closed_port_url()))
+    await setup_router(hass, gpu_and_pi(closed_port_url(), openai.url))
     openai.script(OUT_OF_MEMORY, OUT_OF_MEMORY)
     result = await ask(hass, "Hello", language=language)
     assert result.response.response_type is intent.IntentResponseType.ERROR
@@ -66,7 +57,7 @@ async def test_no_answer_is_one_short_sentence_in_the_users_language(
 async def test_stopped_mid_answer_in_the_users_language(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> None:
-    await setup_router(hass, gpu_and_pi(openai.url, ollama.url))
+    await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
     openai.script(Reply(text="Die Lampe ist an.", drop_after_chunks=2))
     result = await ask(hass, "Status?", language="de")
     assert speech(result) == (
@@ -77,7 +68,7 @@ async def test_stopped_mid_answer_in_the_users_language(
 async def test_ask_action_keeps_the_technical_reasons(
     hass: HomeAssistant, openai: FakeOpenAI
 ) -> None:
-    await setup_router(hass, gpu_and_pi(openai.url, closed_port_url()))
+    await setup_router(hass, gpu_and_pi(closed_port_url(), openai.url))
     openai.script(OUT_OF_MEMORY)
     with pytest.raises(HomeAssistantError) as caught:
         await hass.services.async_call(
@@ -92,7 +83,7 @@ async def test_ask_action_keeps_the_technical_reasons(
 async def test_failure_sentences_are_not_the_models_words(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> None:
-    await setup_router(hass, gpu_and_pi(openai.url, ollama.url))
+    await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
     openai.script(OUT_OF_MEMORY, Reply(text="The lamp is on.", drop_after_chunks=2))
     ollama.script(OUT_OF_MEMORY)
     first = await ask(hass, "Is the lamp on?")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 import math
 from typing import Any
 
@@ -130,6 +131,19 @@ async def busy_turn(router: Router, backend: Gated) -> asyncio.Task[Any]:
     task = asyncio.create_task(collect(router, backend=backend.name))
     await until(lambda: backend.requests)
     return task
+
+
+@asynccontextmanager
+async def ollama_pi(
+    load_seconds: float | None = None, model: str = "llama3.2", **config: Any
+) -> AsyncIterator[tuple[FakeOllama, OllamaBackend]]:
+    """A loopback Ollama fake, and a backend "Pi" on it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        FakeOllama(load_seconds=load_seconds) as fake,
+    ):
+        config = BackendConfig("Pi", BackendKind.OLLAMA, fake.url, model, **config)
+        yield fake, OllamaBackend(config, session)
 
 
 # Defect 1: a request waiting for a slot never fell back.
@@ -262,17 +276,9 @@ async def test_stall_cut_by_the_turn_deadline_is_out_of_time() -> None:
 
 
 async def test_ollama_answer_is_capped_by_num_predict() -> None:
-    async with aiohttp.ClientSession() as session, FakeOllama() as fake:
+    async with ollama_pi(max_tokens=5) as (fake, pi):
         fake.default_reply = Reply(text=" ".join(["loop"] * 200))
-        config = BackendConfig("Pi", BackendKind.OLLAMA, fake.url, "llama3.2")
-        router = TrackedRouter(
-            [
-                OllamaBackend(
-                    BackendConfig(**{**_fields(config), "max_tokens": 5}), session
-                )
-            ]
-        )
-        _, events = await collect(router)
+        _, events = await collect(TrackedRouter([pi]))
     assert answer_of(events) == "loop loop loop loop loop"
     assert fake.chat_bodies[0]["options"] == {"num_predict": 5}
 
@@ -287,10 +293,6 @@ async def test_openai_answer_is_capped_by_max_tokens() -> None:
         _, events = await collect(router)
     assert answer_of(events) == "loop loop loop"
     assert fake.requests[-1]["body"]["max_tokens"] == 3
-
-
-def _fields(config: BackendConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__}
 
 
 # The predictor.
@@ -438,13 +440,7 @@ async def test_fastest_puts_open_breakers_last() -> None:
 
 
 async def test_fastest_predicts_a_cold_load_from_the_servers_list() -> None:
-    async with aiohttp.ClientSession() as session, FakeOllama(load_seconds=0.2) as fake:
-        pi = OllamaBackend(
-            BackendConfig(
-                "Pi", BackendKind.OLLAMA, fake.url, "llama3.2", keep_warm=False
-            ),
-            session,
-        )
+    async with ollama_pi(load_seconds=0.2, keep_warm=False) as (_, pi):
         router = TrackedRouter(
             [pi],
             settings=RouterSettings(
@@ -652,13 +648,7 @@ async def test_spoken_answer_streams_before_it_is_complete() -> None:
 
 
 async def test_model_is_loaded_when_the_backend_comes_up() -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        FakeOllama(load_seconds=0.05) as fake,
-    ):
-        pi = OllamaBackend(
-            BackendConfig("Pi", BackendKind.OLLAMA, fake.url, "llama3.2"), session
-        )
+    async with ollama_pi(load_seconds=0.05) as (fake, pi):
         router = TrackedRouter([pi])
         assert router.keeps_warm(router.states["Pi"])
         assert await router.async_probe("Pi")
@@ -670,14 +660,8 @@ async def test_model_is_loaded_when_the_backend_comes_up() -> None:
 
 
 async def test_warm_up_never_takes_a_users_slot() -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        FakeOllama(load_seconds=0.05) as fake,
-    ):
+    async with ollama_pi(load_seconds=0.05) as (fake, pi):
         fake.default_reply = Reply(stall_before_first=0.2)
-        pi = OllamaBackend(
-            BackendConfig("Pi", BackendKind.OLLAMA, fake.url, "llama3.2"), session
-        )
         router = TrackedRouter([pi])
         task = asyncio.create_task(collect(router))
         await until(lambda: router.states["Pi"].holding)
@@ -687,14 +671,7 @@ async def test_warm_up_never_takes_a_users_slot() -> None:
 
 
 async def test_model_is_loaded_again_before_it_expires() -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        FakeOllama(load_seconds=0.01) as fake,
-    ):
-        pi = OllamaBackend(
-            BackendConfig("Pi", BackendKind.OLLAMA, fake.url, "llama3.2", keep_alive=1),
-            session,
-        )
+    async with ollama_pi(load_seconds=0.01, keep_alive=1) as (fake, pi):
         second = ScriptedBackend("GPU", 2)
         router = TrackedRouter(
             [pi, second],
@@ -707,13 +684,7 @@ async def test_model_is_loaded_again_before_it_expires() -> None:
 
 
 async def test_failed_warm_up_is_no_failure() -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        FakeOllama(load_seconds=0.01) as fake,
-    ):
-        pi = OllamaBackend(
-            BackendConfig("Pi", BackendKind.OLLAMA, fake.url, "missing"), session
-        )
+    async with ollama_pi(load_seconds=0.01, model="missing") as (fake, pi):
         router = TrackedRouter([pi])
         assert await router.async_probe("Pi")
         await until(lambda: fake.chat_bodies and not router._warm_ups)
