@@ -171,13 +171,14 @@ def _stats_data(stats: GenerationStats | None) -> dict[str, Any]:
 
     Every key names its unit, so templates need not guess.
     """
-    ttft = stats.time_to_first_token if stats else None
     return {
         "generation_tokens_per_s": _rounded(
             stats.generation_speed if stats else None, 1
         ),
         "prompt_tokens_per_s": _rounded(stats.prompt_speed if stats else None, 1),
-        "time_to_first_token_ms": None if ttft is None else round(ttft * 1000),
+        "time_to_first_token_ms": _milliseconds(
+            stats.time_to_first_token if stats else None
+        ),
         "response_time_s": _rounded(stats.response_time if stats else None, 2),
         "completion_tokens": stats.completion_tokens if stats else None,
     }
