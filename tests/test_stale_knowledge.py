@@ -153,3 +153,29 @@ async def test_reauth_tests_the_new_key(
         await hass.async_block_till_done()
         await probe_backends(hass, entry)
     assert entry.runtime_data.router.states["GPU server"].online is True
+
+
+async def test_reauth_asks_only_for_the_key(hass: HomeAssistant) -> None:
+    """A first-token timeout the router allows does not block a new key."""
+    async with FakeOpenAI(api_key="right") as gpu:
+        entry = await setup_router(
+            hass,
+            router_entry(
+                backend(
+                    "GPU server",
+                    "openai",
+                    gpu.url,
+                    "fake-model",
+                    1,
+                    api_key="old",
+                    first_token_timeout=300.0,
+                ),
+                turn_timeout=600.0,
+            ),
+        )
+        await probe_backends(hass, entry)
+        (flow,) = reauth_flows(hass)
+        result = await hass.config_entries.flow.async_configure(
+            flow["flow_id"], {"api_key": "right"}
+        )
+    assert result["reason"] == "reauth_successful"

@@ -423,9 +423,9 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         check = _Check()
         if user_input is not None:
             data = {**subentry.data, CONF_API_KEY: user_input[CONF_API_KEY]}
+            # Only the key is new: the model and limits were checked when
+            # saved, and a missing model raises its own repair.
             check = await _async_check_server(self.hass, data)
-            if not check.errors:
-                check = await _async_check_model(self.hass, data)
             if not check.errors:
                 # The router reloads on the change, with the new key.
                 self.hass.config_entries.async_update_subentry(
