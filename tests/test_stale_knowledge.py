@@ -179,3 +179,16 @@ async def test_reauth_asks_only_for_the_key(hass: HomeAssistant) -> None:
             flow["flow_id"], {"api_key": "right"}
         )
     assert result["reason"] == "reauth_successful"
+
+
+async def test_a_health_check_asks_for_the_model_once(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    """Finding the model tells its capabilities: /api/show once per check."""
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", ollama.url, "llama3.2", 1))
+    )
+    before = len(ollama.requests)
+    await probe_backends(hass, entry)
+    shown = [r for r in ollama.requests[before:] if r["path"] == "/api/show"]
+    assert len(shown) == 1

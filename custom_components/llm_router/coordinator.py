@@ -109,8 +109,7 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
         state = self.router.states[self.backend_name]
         issue_id = model_missing_issue_id(self.subentry_id)
         try:
-            await state.backend.check_model()
-            details = await state.backend.model_details()
+            details = await state.backend.check_model()
         except ModelNotFound:
             self._raise_issue(
                 issue_id,

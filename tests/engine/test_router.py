@@ -90,8 +90,8 @@ class ScriptedBackend(Backend):
     async def list_models(self) -> list[str]:
         return ["m"]
 
-    async def check_model(self) -> None:
-        return None
+    async def check_model(self) -> ModelDetails:
+        return await self.model_details()
 
     async def model_details(self) -> ModelDetails:
         return ModelDetails(self.capabilities)

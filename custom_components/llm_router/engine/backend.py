@@ -64,8 +64,11 @@ class Backend(ABC):
         """Capabilities of the configured model."""
 
     @abstractmethod
-    async def check_model(self) -> None:
-        """Raise ModelNotFound unless the server offers the configured model."""
+    async def check_model(self) -> ModelDetails:
+        """Raise ModelNotFound unless the server offers the configured model.
+
+        Returns what model_details() would, where finding the model told it.
+        """
 
     async def close(self) -> None:
         """End the requests in flight and refuse new ones (BackendClosed).

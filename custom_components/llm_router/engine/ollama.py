@@ -209,9 +209,9 @@ class OllamaBackend(Backend):
             )
         )
 
-    async def check_model(self) -> None:
+    async def check_model(self) -> ModelDetails:
         """Ask /api/show, which resolves the name as chat does (no tag: latest)."""
-        await self.model_details()
+        return await self.model_details()
 
     async def close(self) -> None:
         """End the requests in flight and close the ollama client."""

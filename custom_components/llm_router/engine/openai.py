@@ -124,17 +124,17 @@ class OpenAIBackend(Backend):
         """Model ids from /v1/models."""
         return (await self._latest_listing()).models
 
-    async def check_model(self) -> None:
+    async def check_model(self) -> ModelDetails:
         """Raise ModelNotFound unless the server lists the configured model.
 
         llama-server lists its one model by file path or alias and answers
         under any name: it always passes, as does a server listing none.
         """
         listing = await self._latest_listing()
-        if listing.llama_cpp or not listing.models:
-            return
-        if self.config.model not in listing.models:
+        listed = listing.models and not listing.llama_cpp
+        if listed and self.config.model not in listing.models:
             raise ModelNotFound(f"model '{self.config.model}' not found")
+        return await self.model_details()
 
     async def _latest_listing(self) -> _Listing:
         """The listing the last probe fetched, once; else a new one."""
