@@ -56,7 +56,8 @@ class Policy(Protocol):
         ...
 
 
-def _by_priority[C: Candidate](backends: Sequence[C]) -> list[C]:
+def by_priority[C: Candidate](backends: Sequence[C]) -> list[C]:
+    """Backends by configured priority (lower first), then name."""
     return sorted(backends, key=lambda s: (s.config.priority, s.config.name))
 
 
@@ -67,7 +68,7 @@ class OrderedPolicy:
         self, backends: Sequence[C], forecasts: Mapping[str, Forecast]
     ) -> list[C]:
         """Return the backends sorted by priority."""
-        return _by_priority(backends)
+        return by_priority(backends)
 
 
 class FastestPolicy:
@@ -81,7 +82,7 @@ class FastestPolicy:
     ) -> list[C]:
         """Return the backends by predicted time, ties by priority."""
         return sorted(
-            _by_priority(backends),
+            by_priority(backends),
             key=lambda s: (not s.breaker.allows(), forecasts[s.name].total),
         )
 
@@ -100,7 +101,7 @@ class LocalFirstPolicy:
         self, backends: Sequence[C], forecasts: Mapping[str, Forecast]
     ) -> list[C]:
         """Return the backends by priority, or by predicted time."""
-        ordered = _by_priority(backends)
+        ordered = by_priority(backends)
         if not ordered:
             return ordered
         local = forecasts[ordered[0].name].total

@@ -45,7 +45,7 @@ from .models import (
     TextDelta,
     ToolCallDelta,
 )
-from .policy import OrderedPolicy, Policy
+from .policy import OrderedPolicy, Policy, by_priority
 from .predictor import (
     Forecast,
     Hold,
@@ -393,8 +393,7 @@ class Router:
             return False
         if state.config.keep_warm is not None:
             return state.config.keep_warm
-        first = min(self.states.values(), key=lambda s: (s.config.priority, s.name))
-        return first is state
+        return by_priority(list(self.states.values()))[0] is state
 
     def _keep_warm(self, state: BackendState) -> None:
         """Load the model now, or plan to when it is about to be unloaded.
@@ -596,10 +595,11 @@ class Turn:
         now = asyncio.get_running_loop().time()
         hedge = beat is not None
         for state in list(self._pending):
+            predicted = router.forecast(state.name, self._request, now)
             if beat is not None and not (
                 state.breaker.allows()
                 and state.has_free_slot()
-                and router.forecast(state.name, self._request, now).total <= beat
+                and predicted.total <= beat
                 and not router._earlier_hedge_wants(self, state, now)
             ):
                 continue
@@ -612,7 +612,6 @@ class Turn:
             if left <= 0:
                 self._skip(state, ErrorKind.OUT_OF_TIME, "no time left in the turn")
                 continue
-            predicted = router.forecast(state.name, self._request, now)
             budget = min(state.config.first_token_timeout, left)
             if (
                 predicted.queue > 0
@@ -637,11 +636,11 @@ class Turn:
         if hedge or not self._deferred:
             return None
         # In line after all: the one expected to be free soonest.
-        self._deferred.sort(
-            key=lambda s: router.forecast(s.name, self._request, now).total
+        predicted, state = min(
+            ((router.forecast(s.name, self._request, now), s) for s in self._deferred),
+            key=lambda pair: pair[0].total,
         )
-        state = self._deferred.pop(0)
-        predicted = router.forecast(state.name, self._request, now)
+        self._deferred.remove(state)
         return _Attempt(self, state, predicted, Decision.QUEUED)
 
     def would_hedge_onto(self, state: BackendState, now: float) -> bool:
