@@ -27,6 +27,7 @@ from .entity import router_device_identifier
 from .issues import (
     async_delete_backend_issues,
     async_delete_orphan_issues,
+    async_known_backends,
     invalid_url_issue_id,
 )
 from .runtime import LLMRouterConfigEntry, create_router
@@ -87,14 +88,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) ->
             hass, coordinator.async_refresh(), f"llm_router probe {name}"
         )
     _async_report_unusable_backends(hass, entry)
-    async_delete_orphan_issues(hass)
-    hass.data[DATA_DOWNTIME].async_keep_only(
-        {
-            subentry_id
-            for router in hass.config_entries.async_entries(DOMAIN)
-            for subentry_id in router.subentries
-        }
-    )
+    # Forget what is kept of backends that no router has any more.
+    backends = async_known_backends(hass)
+    async_delete_orphan_issues(hass, backends)
+    hass.data[DATA_DOWNTIME].async_keep_only(backends)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     entry.async_on_unload(entry.add_update_listener(_async_reload))
     return True

@@ -40,13 +40,20 @@ def async_delete_backend_issues(hass: HomeAssistant, subentry_id: str) -> None:
 
 
 @callback
-def async_delete_orphan_issues(hass: HomeAssistant) -> None:
-    """Drop repair issues of backends that no router has any more."""
-    known = {
-        issue_id(subentry_id)
+def async_known_backends(hass: HomeAssistant) -> set[str]:
+    """The subentry IDs of every router's backends."""
+    return {
+        subentry_id
         for entry in hass.config_entries.async_entries(DOMAIN)
         for subentry_id in entry.subentries
-        for issue_id in BACKEND_ISSUES
+    }
+
+
+@callback
+def async_delete_orphan_issues(hass: HomeAssistant, backends: set[str]) -> None:
+    """Drop repair issues of backends that are not among backends any more."""
+    known = {
+        issue_id(subentry_id) for subentry_id in backends for issue_id in BACKEND_ISSUES
     }
     for domain, issue_id in list(ir.async_get(hass).issues):
         if domain == DOMAIN and issue_id not in known:
