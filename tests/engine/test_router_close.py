@@ -27,6 +27,7 @@ from custom_components.llm_router.engine.router import (
     RouterSettings,
     Turn,
 )
+from custom_components.llm_router.engine.servers import Server
 from tests.conftest import until
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
@@ -99,3 +100,26 @@ async def test_close_ends_turns_in_flight_and_schedules_nothing_after(
         await asyncio.sleep(0.05)  # several cooldowns
         assert len(pi_server.requests) + len(gpu_server.requests) == requests
         assert all(state.slots._value == 1 for state in router.states.values())
+
+
+async def test_closing_one_router_leaves_a_shared_server_healthy(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A reload of one router is no failure of the server other routers use."""
+    async with FakeOllama() as pi_server:
+        pi_server.script(Reply(stall_before_first=math.inf))
+        config = BackendConfig("Pi", BackendKind.OLLAMA, pi_server.url, "llama3.2")
+        shared = Server.create(max_parallel=2, failure_threshold=1)
+        closing = Router([OllamaBackend(config, session)], servers={"Pi": shared})
+        staying = Router([OllamaBackend(config, session)], servers={"Pi": shared})
+        task = asyncio.create_task(run(closing.route(ASK)))
+        await until(lambda: pi_server.chat_bodies)
+
+        await closing.close()
+        _, error = await task
+        assert not await closing.async_probe("Pi")
+
+        assert isinstance(error, AllBackendsFailed)
+        assert staying.states["Pi"].breaker.allows()
+        assert shared.breaker.consecutive_failures == 0
+        await staying.close()

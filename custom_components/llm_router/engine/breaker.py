@@ -46,9 +46,11 @@ class CircuitBreaker:
     def record_failure(self, error: BackendError) -> None:
         """A request or probe failed; open when that says the server is gone.
 
-        A request the server refused as invalid says nothing about the server.
+        A request the server refused as invalid says nothing about the server,
+        nor does one our side ended (a router closing on reload or shutdown,
+        while other routers may share this breaker).
         """
-        if error.kind is ErrorKind.BAD_REQUEST:
+        if error.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CLOSED):
             return
         self.consecutive_failures += 1
         # A rejected key does not fix itself either.
