@@ -243,6 +243,11 @@ class Forecastable(Protocol):
         ...
 
     @property
+    def max_parallel(self) -> int:
+        """How many requests the server answers at once."""
+        ...
+
+    @property
     def holding(self) -> list[Hold]:
         """The slots in use."""
         ...
@@ -275,7 +280,7 @@ def expected_wait(state: Forecastable, now: float) -> float:
     """Seconds until one of our slots would be ours; inf when unknowable."""
     if state.has_free_slot():
         return 0.0
-    slots = max(1, state.config.max_parallel)
+    slots = state.max_parallel
     typical = state.latency.slot_seconds.value
     free_at: list[float] = []
     for hold in state.holding:

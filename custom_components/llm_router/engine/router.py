@@ -145,8 +145,8 @@ class BackendState:
     """Everything the router knows about one backend."""
 
     backend: Backend
-    breaker: CircuitBreaker
-    slots: asyncio.Semaphore
+    server: Server
+    """Slots, their holders and the breaker: shared by every backend on it."""
     online: bool | None = None
     requests: int = 0
     """Requests sent, answered or failed."""
@@ -162,11 +162,8 @@ class BackendState:
     loaded_models: tuple[LoadedModel, ...] = ()
     details: ModelDetails | None = None
     unsupported: set[Capability] = field(default_factory=set)
-    waiting: int = 0
     auth_error: AuthFailed | None = None
     """The server rejected the API key: only a new key (a new router) helps."""
-    holding: list[Hold] = field(default_factory=list)
-    """The slots in use: since when, and for how long they are expected."""
     latency: LatencyModel = field(default_factory=LatencyModel)
     loaded_until: float = math.inf
     """When the server unloads the model (loop time); inf until known."""
@@ -182,6 +179,35 @@ class BackendState:
     def name(self) -> str:
         """The backend's name."""
         return self.backend.config.name
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The server's circuit breaker."""
+        return self.server.breaker
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The server's request slots."""
+        return self.server.slots
+
+    @property
+    def max_parallel(self) -> int:
+        """How many requests the server answers at once."""
+        return self.server.max_parallel
+
+    @property
+    def holding(self) -> list[Hold]:
+        """The server's slots in use, by any backend on it."""
+        return self.server.holding
+
+    @property
+    def waiting(self) -> int:
+        """Requests in line for one of the server's slots."""
+        return self.server.waiting
+
+    @waiting.setter
+    def waiting(self, count: int) -> None:
+        self.server.waiting = count
 
     def relearn(self, details: ModelDetails) -> None:
         """Replace what is known of the model, refusals included.
@@ -230,9 +256,7 @@ class Router:
                 max_parallel=backend.config.max_parallel,
                 failure_threshold=self.settings.failure_threshold,
             )
-            self.states[backend.name] = BackendState(
-                backend=backend, breaker=server.breaker, slots=server.slots
-            )
+            self.states[backend.name] = BackendState(backend=backend, server=server)
         self._listeners: list[Callable[[], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .breaker import CircuitBreaker
 from .models import BackendConfig
+from .predictor import Hold
 from .urls import normalize_url
 
 
 @dataclass(eq=False)
 class Server:
-    """One LLM server's limit and health: its request slots and its breaker."""
+    """One LLM server's limit and health.
 
+    Its request slots, who holds and who waits for them, and its breaker.
+    """
+
+    max_parallel: int
     slots: asyncio.Semaphore
     breaker: CircuitBreaker
+    holding: list[Hold] = field(default_factory=list)
+    """The slots in use: since when, and for how long they are expected."""
+    waiting: int = 0
+    """Requests in line for a slot."""
 
     @classmethod
     def create(cls, *, max_parallel: int, failure_threshold: int) -> Server:
         """A server nobody has used yet."""
+        max_parallel = max(1, max_parallel)
         return cls(
-            slots=asyncio.Semaphore(max(1, max_parallel)),
+            max_parallel=max_parallel,
+            slots=asyncio.Semaphore(max_parallel),
             breaker=CircuitBreaker(failure_threshold=failure_threshold),
         )
 
