@@ -13,11 +13,13 @@ cache=${LLM_ROUTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-router}
 sid_root="$cache/sid-root"
 # Debian packages inside the sid root: Python, what pip builds with, what a
 # real Home Assistant imports (PyTurboJPEG, ffmpeg for the voice components),
-# what llama.cpp builds with, and the browser for the frontend tests.
+# llama.cpp's own server (llama-server, for the demo and the end-to-end
+# tests), and the browser for the frontend tests.
 sid_packages=(
   python3.14 python3.14-venv python3.14-dev ca-certificates
-  build-essential cmake git procps
+  build-essential git procps
   libturbojpeg0 ffmpeg
+  llama.cpp-tools
   chromium chromium-driver fonts-dejavu-core
 )
 
