@@ -22,6 +22,8 @@ class ErrorKind(StrEnum):
     AUTH_FAILED = "auth_failed"
     CIRCUIT_OPEN = "circuit_open"
     CLOSED = "closed"
+    DID_NOT_WAKE = "did_not_wake"
+    ACTION_FAILED = "action_failed"
     # Outcomes the router makes; none of them counts as the backend's failure.
     BUSY = "busy"
     OUT_OF_TIME = "out_of_time"
@@ -82,6 +84,18 @@ class BackendClosed(BackendError):
     """The backend was closed (reload, removal, shutdown) before it answered."""
 
     kind = ErrorKind.CLOSED
+
+
+class DidNotWake(BackendError):
+    """The server's wake action ran, but the server did not answer in time."""
+
+    kind = ErrorKind.DID_NOT_WAKE
+
+
+class ActionFailed(BackendError):
+    """A wake or sleep action (of the home, not the server) raised an error."""
+
+    kind = ErrorKind.ACTION_FAILED
 
 
 class BadRequest(BackendError):
