@@ -25,6 +25,11 @@ CONF_KEEP_WARM: Final = "keep_warm"
 CONF_SKIP_CHECK: Final = "skip_check"
 CONF_BACKEND: Final = "backend"
 CONF_ALWAYS_ON: Final = "always_on"
+# Power: Home Assistant actions that wake and suspend the backend's machine.
+CONF_WAKE_ACTION: Final = "wake_action"
+CONF_WAKE_TIME: Final = "wake_time"
+CONF_SLEEP_ACTION: Final = "sleep_action"
+CONF_IDLE_TIME: Final = "idle_time"
 
 # Which backend a reauthentication flow asks a new API key for.
 REAUTH_SUBENTRY_ID: Final = "subentry_id"

@@ -14,8 +14,16 @@ from custom_components.llm_router.engine.errors import (
     BackendError,
     ErrorKind,
 )
-from custom_components.llm_router.engine.models import BackendConfig, BackendKind
+from custom_components.llm_router.engine.models import (
+    BackendConfig,
+    BackendKind,
+    ChatMessage,
+    ChatRequest,
+)
 from custom_components.llm_router.engine.openai import OpenAIBackend
+from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.settings import RouterSettings
+from custom_components.llm_router.engine.turn import Turn
 from custom_components.llm_router.engine.wake import (
     Power,
     PowerConfig,
@@ -23,6 +31,7 @@ from custom_components.llm_router.engine.wake import (
     WakeTiming,
 )
 from tests.conftest import until
+from tests.fakes.base import Reply
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
 
@@ -307,3 +316,159 @@ async def test_a_turn_during_the_sleep_action_wakes_after_it(
     assert order == ["sleep", "wake"]
     assert machine.awake
     await harness.power.close()
+
+
+class Home:
+    """A router with a Pi that is always on and a GPU machine that sleeps."""
+
+    def __init__(
+        self,
+        machine: SleepingMachine,
+        pi: FakeOpenAI,
+        session: aiohttp.ClientSession,
+        **power: Any,
+    ) -> None:
+        self.machine = machine
+        self.router = Router(
+            [
+                OpenAIBackend(
+                    BackendConfig("gpu", BackendKind.OPENAI, machine.url, "fake-model"),
+                    session,
+                ),
+                OpenAIBackend(
+                    BackendConfig(
+                        "pi", BackendKind.OPENAI, pi.url, "fake-model", priority=2
+                    ),
+                    session,
+                ),
+            ],
+            settings=RouterSettings(wake=TIMING),
+            power={"gpu": PowerConfig(**{"wake": machine.wake, **power})},
+        )
+        self.gpu = self.router.states["gpu"]
+
+    async def ask(self) -> Turn:
+        turn = self.router.route(REQUEST)
+        async for _event in turn:
+            pass
+        return turn
+
+
+REQUEST = ChatRequest(messages=(ChatMessage("user", "Is the lamp on?"),))
+
+
+@pytest.fixture
+async def pi() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+async def test_the_waking_turn_is_answered_by_the_next_backend_at_once(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    home = Home(machine, pi, session, wake_time=0.1)
+    assert not await home.router.async_probe("gpu")  # the health check
+
+    turn = await home.ask()
+
+    assert turn.served_by == "pi"
+    gpu_attempt, pi_attempt = turn.attempts
+    assert gpu_attempt.waking
+    assert gpu_attempt.error == "waking up, asking the next backend"
+    assert not pi_attempt.waking
+    # The Pi answered while the GPU still boots: the turn did not wait.
+    assert home.gpu.power.waking
+    assert not machine.awake
+    assert machine.wakes == 1
+    await home.router.close()
+
+
+async def test_the_woken_backend_serves_the_first_turn_after_it_answers(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    home = Home(machine, pi, session, wake_time=0.1)
+    await home.router.async_probe("gpu")
+    await home.ask()
+
+    await until(lambda: not home.gpu.power.waking)
+
+    assert home.gpu.breaker.allows()
+    assert home.gpu.power.state(home.gpu.online) is PowerState.AWAKE
+    turn = await home.ask()
+    assert turn.served_by == "gpu"
+    assert [a.backend for a in turn.attempts] == ["gpu"]
+    assert machine.wakes == 1
+    await home.router.close()
+
+
+async def test_a_request_refused_by_the_sleeping_server_wakes_it(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    home = Home(machine, pi, session, wake_time=0.1)
+
+    turn = await home.ask()  # no health check yet: the GPU is tried
+
+    assert turn.served_by == "pi"
+    assert turn.attempts[0].error_kind is ErrorKind.UNREACHABLE
+    assert turn.attempts[0].waking
+    assert home.gpu.power.waking
+    await home.router.close()
+
+
+async def test_turns_during_a_wake_run_no_second_action(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    machine.boot_time = 10.0
+    home = Home(machine, pi, session, wake_time=0.05)
+    await home.router.async_probe("gpu")
+
+    turns = [await home.ask() for _ in range(3)]
+    await until(lambda: not home.gpu.power.waking)
+    after = await home.ask()
+
+    assert [t.served_by for t in [*turns, after]] == ["pi"] * 4
+    assert [t.attempts[0].waking for t in turns] == [True] * 3
+    # Within retry_after of the failed wake: skipped, not woken again.
+    assert not after.attempts[0].waking
+    assert after.attempts[0].error == "skipped, not answering"
+    assert machine.wakes == 1
+    assert home.gpu.last_error is not None
+    assert home.gpu.last_error.kind is ErrorKind.DID_NOT_WAKE
+    await home.router.close()
+
+
+async def test_the_router_puts_an_idle_server_to_sleep_and_wakes_it_again(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    await machine.start()
+    home = Home(machine, pi, session, wake_time=0.1, sleep=machine.sleep, idle_time=0.1)
+    assert (await home.ask()).served_by == "gpu"
+
+    await until(lambda: machine.sleeps == 1)
+    assert home.gpu.power.state(home.gpu.online) is PowerState.ASLEEP
+    # Not yet seen down by a probe: still passed over, and woken.
+    turn = await home.ask()
+
+    assert turn.served_by == "pi"
+    assert turn.attempts[0].waking
+    await until(lambda: not home.gpu.power.waking)
+    assert (await home.ask()).served_by == "gpu"
+    assert machine.wakes == 1
+    await home.router.close()
+
+
+async def test_no_sleep_while_the_server_answers_a_request(
+    machine: SleepingMachine, pi: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    await machine.start()
+    home = Home(machine, pi, session, sleep=machine.sleep, idle_time=0.05)
+    assert (await home.ask()).served_by == "gpu"
+    # A slow answer: longer than several idle times.
+    machine.server.script(Reply(text="a slow answer " * 4, tokens_per_second=20))
+
+    turn = await home.ask()
+
+    assert turn.served_by == "gpu"
+    assert machine.sleeps == 0
+    await until(lambda: machine.sleeps == 1)
+    await home.router.close()

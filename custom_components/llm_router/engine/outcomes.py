@@ -41,6 +41,8 @@ class Attempt:
     """Seconds from the attempt's start to its first answer word."""
     queued: float = 0.0
     """Seconds spent waiting for a slot."""
+    waking: bool = False
+    """The backend was found down and is being woken; the next one answers."""
 
     @property
     def ok(self) -> bool:

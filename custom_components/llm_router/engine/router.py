@@ -24,6 +24,7 @@ from .servers import Server
 from .settings import RouterSettings
 from .state import BackendState
 from .turn import Turn
+from .wake import Power, PowerConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ class Router:
         policy: Policy | None = None,
         settings: RouterSettings | None = None,
         servers: Mapping[str, Server] | None = None,
+        power: Mapping[str, PowerConfig] | None = None,
     ) -> None:
         # servers: by backend name, slots and breaker shared with other routers
         # on the same server (see ServerRegistry); else each backend its own.
+        # power: by backend name, how its server is woken and put to sleep.
         self.settings = settings or RouterSettings()
         self.policy = policy or OrderedPolicy()
         self.states: dict[str, BackendState] = {}
@@ -59,7 +62,8 @@ class Router:
                 max_parallel=backend.config.max_parallel,
                 failure_threshold=self.settings.failure_threshold,
             )
-            self.states[backend.name] = BackendState(backend=backend, server=server)
+            state = self.states[backend.name] = BackendState(backend, server)
+            state.power = self._power(state, (power or {}).get(backend.name))
         self._listeners: list[Callable[[], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
@@ -68,6 +72,21 @@ class Router:
         self.hedge_line: list[Turn] = []
         """Turns waiting for a backend to hedge onto."""
         self._closed = False
+
+    def _power(self, state: BackendState, config: PowerConfig | None) -> Power:
+        def report(error: BackendError) -> None:
+            state.last_error = error
+            self.notify()
+
+        return Power(
+            config or PowerConfig(),
+            name=state.name,
+            probe=lambda: self.async_probe(state.name),
+            in_flight=lambda: bool(state.holding or state.waiting),
+            report=report,
+            changed=self.notify,
+            timing=self.settings.wake,
+        )
 
     def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call listener after every change of state; returns its remover."""
@@ -168,6 +187,7 @@ class Router:
             state.breaker.record_probe_success()
             self._cancel_cooldown(state)
             self._keep_warm(state)
+            state.power.note_probe(online=True)
         self.notify()
 
     def _expiry(self, state: BackendState, loaded: Sequence[LoadedModel]) -> float:
@@ -187,6 +207,7 @@ class Router:
         state.last_error = error
         state.loaded_models = ()
         self._breaker_failure(state, error)
+        state.power.note_probe(online=False)
         self.notify()
 
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
@@ -249,6 +270,23 @@ class Router:
         self._warm_ups[state.name] = task
         task.add_done_callback(lambda _: self._warm_ups.pop(state.name, None))
 
+    async def wake(self, name: str, *, warm: bool = False) -> bool:
+        """Wake a backend's server ahead of turns (it has a wake action).
+
+        With warm, wait until it answers, then load its model where the
+        server loads models. Returns whether it answered (without warm,
+        True at once).
+        """
+        state = self.states[name]
+        if not await state.power.wake(wait=warm):
+            return False
+        if warm and state.backend.loads_models:
+            if (task := self._warm_ups.get(name)) is not None:
+                await asyncio.shield(task)
+            else:
+                await self._warm_up(state)
+        return True
+
     async def _warm_up(self, state: BackendState) -> None:
         loop = asyncio.get_running_loop()
         state.loading_since = loop.time()
@@ -289,6 +327,7 @@ class Router:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(state.power.close() for state in self.states.values()))
         for state in self.states.values():
             await state.backend.close()
 
@@ -320,6 +359,7 @@ class Router:
             self.settings.predictor,
         )
         self.model_used(state)
+        state.power.note_served()
 
     def record_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure of the backend."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .predictor import PredictorSettings
+from .wake import WakeTiming
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,3 +20,4 @@ class RouterSettings:
     """The time to the first answer word a voice user should wait at most."""
     hedging: bool = False
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    wake: WakeTiming = field(default_factory=WakeTiming)

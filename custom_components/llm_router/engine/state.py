@@ -15,6 +15,7 @@ from .outcomes import Attempt
 from .predictor import Hold, LatencyModel
 from .servers import Server
 from .stats import GenerationStats
+from .wake import Power
 
 
 @dataclass(eq=False)
@@ -46,6 +47,8 @@ class BackendState:
     """When the server unloads the model (loop time); inf until known."""
     loading_since: float | None = None
     recent_attempts: deque[Attempt] = field(default_factory=lambda: deque(maxlen=10))
+    power: Power = field(init=False)
+    """Waking and sleeping the server (set by the router)."""
 
     @property
     def config(self) -> BackendConfig:

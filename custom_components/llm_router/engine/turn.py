@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 import logging
 import math
 from typing import Protocol
@@ -22,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 
 # Outcomes the router makes itself: not the backend's failures.
 NOT_FAILURES = frozenset({ErrorKind.BUSY, ErrorKind.OUT_OF_TIME, ErrorKind.CANCELLED})
+WAKING = "waking up, asking the next backend"
 
 
 class TurnHost(AttemptHost, Protocol):
@@ -104,8 +106,13 @@ class Turn:
         self.attempts.append(attempt)
         state.recent_attempts.append(attempt)
 
-    def _skip(self, state: BackendState, kind: ErrorKind, why: str) -> None:
-        self._note(state, Attempt(state.name, kind, why, decision=Decision.SKIPPED))
+    def _skip(
+        self, state: BackendState, kind: ErrorKind, why: str, *, waking: bool = False
+    ) -> None:
+        self._note(
+            state,
+            Attempt(state.name, kind, why, decision=Decision.SKIPPED, waking=waking),
+        )
 
     async def _run(self) -> AsyncIterator[RouterEvent]:
         router = self.host
@@ -158,9 +165,12 @@ class Turn:
             ):
                 continue
             self._pending.remove(state)
-            if not state.breaker.allows():
+            if not state.breaker.allows() or state.power.put_to_sleep:
                 state.skipped += 1
-                self._skip(state, ErrorKind.CIRCUIT_OPEN, "skipped, not answering")
+                # Woken for the turns after this one: this one does not wait.
+                waking = state.power.wake_on_demand()
+                why = WAKING if waking else "skipped, not answering"
+                self._skip(state, ErrorKind.CIRCUIT_OPEN, why, waking=waking)
                 continue
             left = self.deadline - now
             if left <= 0:
@@ -315,7 +325,10 @@ class Turn:
             state.latency.observe_silence(
                 attempt.elapsed(), attempt.forecast, asyncio.get_running_loop().time()
             )
-        self._note(state, attempt.outcome(err))
+        outcome = attempt.outcome(err)
+        if err.kind is ErrorKind.UNREACHABLE and state.power.wake_on_demand():
+            outcome = replace(outcome, waking=True)
+        self._note(state, outcome)
         _LOGGER.debug("Backend %s failed: %s", state.name, err)
 
     def _lost(self, loser: BackendAttempt, winner: BackendAttempt) -> None:

@@ -170,6 +170,8 @@ class Power:
         With wait, returns once it answered (True) or the wake ran out
         (False); without, returns True at once.
         """
+        if not self.can_wake:
+            raise ValueError(f"{self._name} has no wake action")
         if self._waking is None:
             self._start_wake()
         task = self._waking
