@@ -15,9 +15,11 @@ from .downtime import Downtime
 from .engine.errors import BackendError, ModelNotFound
 from .engine.router import Router
 from .engine.urls import without_credentials
-from .issues import model_missing_issue_id, unreachable_issue_id
+from .issues import did_not_wake_issue_id, model_missing_issue_id, unreachable_issue_id
 
 UNREACHABLE_ISSUE_AFTER = timedelta(hours=1)
+DID_NOT_WAKE_ISSUE_AFTER = 3
+"""Failed wakes in a row that raise a repair issue."""
 
 
 class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
@@ -75,7 +77,8 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
             await self._check_model()
         elif state.auth_error is None:
             down_for = dt_util.utcnow() - self.downtime.async_down(self.subentry_id)
-            if not self.always_on:
+            # Asleep because the router put it to sleep: as if not always on.
+            if not self.always_on or state.power.put_to_sleep:
                 ir.async_delete_issue(self.hass, DOMAIN, unreachable)
             elif down_for > UNREACHABLE_ISSUE_AFTER:
                 self._raise_issue(
@@ -84,12 +87,28 @@ class BackendHealthCoordinator(DataUpdateCoordinator[bool]):
                     ir.IssueSeverity.WARNING,
                     url=without_credentials(state.config.url),
                 )
+        self._report_wakes()
         if state.auth_error is not None:
             # Home Assistant raises the repair issue that leads to the flow.
             self.config_entry.async_start_reauth(
                 self.hass, data={REAUTH_SUBENTRY_ID: self.subentry_id}
             )
         return online
+
+    def _report_wakes(self) -> None:
+        """A repair issue while wakes keep failing; gone after a good one."""
+        power = self.router.states[self.backend_name].power
+        issue_id = did_not_wake_issue_id(self.subentry_id)
+        if power.failed_wakes < DID_NOT_WAKE_ISSUE_AFTER:
+            ir.async_delete_issue(self.hass, DOMAIN, issue_id)
+            return
+        self._raise_issue(
+            issue_id,
+            "did_not_wake",
+            ir.IssueSeverity.WARNING,
+            count=str(power.failed_wakes),
+            error=power.wake_error.message if power.wake_error else "",
+        )
 
     def _raise_issue(
         self, issue_id: str, key: str, severity: ir.IssueSeverity, **placeholders: str

@@ -37,6 +37,19 @@ def _json_safe(data: Any) -> Any:
     return data
 
 
+def _power(state: BackendState) -> dict[str, Any]:
+    power = state.power
+    return {
+        "state": power.state(state.online),
+        "wakes": power.wakes,
+        "failed_wakes": power.failed_wakes,
+        "wake_error": power.wake_error.message if power.wake_error else None,
+        "last_woken": power.last_woken.isoformat() if power.last_woken else None,
+        "learnt_wake_time": power.learnt_wake_time,
+        "put_to_sleep": power.put_to_sleep,
+    }
+
+
 def _backend(router: Router, state: BackendState) -> dict[str, Any]:
     details = state.details.capabilities if state.details else None
     health: dict[str, Any] = _json_safe(
@@ -63,6 +76,7 @@ def _backend(router: Router, state: BackendState) -> dict[str, Any]:
             "time_to_first_word": state.last_first_word,
             "keeps_warm": router.keeps_warm(state),
             "prediction": asdict(router.forecast(state.name)),
+            "power": _power(state),
         }
     )
     return health

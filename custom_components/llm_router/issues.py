@@ -25,10 +25,16 @@ def invalid_url_issue_id(subentry_id: str) -> str:
     return f"invalid_url_{subentry_id}"
 
 
+def did_not_wake_issue_id(subentry_id: str) -> str:
+    """Repair issue: the backend's wake action ran, repeatedly, to no avail."""
+    return f"did_not_wake_{subentry_id}"
+
+
 BACKEND_ISSUES: tuple[Callable[[str], str], ...] = (
     unreachable_issue_id,
     model_missing_issue_id,
     invalid_url_issue_id,
+    did_not_wake_issue_id,
 )
 
 

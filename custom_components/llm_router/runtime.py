@@ -49,6 +49,8 @@ from .engine.router import Router
 from .engine.servers import ServerRegistry
 from .engine.settings import RouterSettings
 from .engine.urls import InvalidURL, normalize_url
+from .engine.wake import PowerConfig
+from .power import power_config
 
 
 @dataclass
@@ -177,6 +179,13 @@ def create_router(
         PolicyName(entry.options.get(CONF_POLICY, PolicyName.ORDERED)),
         latency_budget=settings.latency_budget,
     )
+    power: dict[str, PowerConfig] = {}
+    for subentry_id, config in configs.items():
+        power[config.name], runners = power_config(
+            hass, config.name, entry.subentries[subentry_id].data
+        )
+        for runner in runners:
+            entry.async_on_unload(runner.async_unload)
     registry = hass.data.setdefault(DATA_SERVERS, ServerRegistry())
     servers = {config.name: registry.acquire(config) for config in configs.values()}
 
@@ -192,6 +201,7 @@ def create_router(
             policy=policy,
             settings=settings,
             servers=servers,
+            power=power,
         ),
         backend_subentries={
             config.name: subentry_id for subentry_id, config in configs.items()

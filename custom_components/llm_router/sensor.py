@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 import math
 from typing import Any
 
@@ -24,6 +25,7 @@ from .engine.errors import ErrorKind
 from .engine.models import BackendKind
 from .engine.predictor import Forecast
 from .engine.state import BackendState
+from .engine.wake import Power, PowerState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
 from .runtime import LLMRouterConfigEntry, LLMRouterData
 
@@ -137,6 +139,13 @@ PREDICTED_FIRST_WORD = SensorEntityDescription(
     state_class=SensorStateClass.MEASUREMENT,
     suggested_display_precision=0,
 )
+POWER_STATE = BackendSensorDescription(
+    key="power_state",
+    translation_key="power_state",
+    device_class=SensorDeviceClass.ENUM,
+    options=list(PowerState),
+    value_fn=lambda s: s.power.state(s.online),
+)
 LOADED_MODEL = BackendSensorDescription(
     key="loaded_model",
     translation_key="loaded_model",
@@ -211,6 +220,14 @@ async def async_setup_entry(
             BackendCounter(entry, coordinator, description)
             for description in BACKEND_COUNTERS
         ]
+        power = coordinator.router.states[coordinator.backend_name].power
+        if power.can_wake or power.config.sleep is not None:
+            entities.append(BackendSensor(entry, coordinator, POWER_STATE))
+        if power.can_wake:
+            entities += [
+                LastWokenSensor(entry, coordinator, "last_woken"),
+                WakeTimeSensor(entry, coordinator, "wake_time"),
+            ]
         async_add_entities(entities, config_subentry_id=coordinator.subentry_id)
     async_add_entities([LastBackendSensor(entry), RouterCounter(entry, FALLBACKS)])
 
@@ -407,3 +424,57 @@ class LastBackendSensor(LLMRouterStateEntity, RestoreSensor):
     def native_value(self) -> str | None:
         """The backend's name."""
         return self.entry.runtime_data.last_backend
+
+
+class _PowerSensor(LLMRouterBackendEntity, RestoreSensor):
+    """A sensor of how the backend's server wakes, kept across restarts."""
+
+    @property
+    def power(self) -> Power:
+        """The backend's waking and sleeping."""
+        return self.backend.power
+
+    async def async_added_to_hass(self) -> None:
+        """Hand the value from before the restart to the engine."""
+        await super().async_added_to_hass()
+        last = await self.async_get_last_sensor_data()
+        if last is not None and last.native_value is not None:
+            self._restore(last.native_value)
+
+    def _restore(self, value: Any) -> None:
+        raise NotImplementedError
+
+
+class LastWokenSensor(_PowerSensor):
+    """When the router last woke the server and it answered."""
+
+    _attr_device_class = SensorDeviceClass.TIMESTAMP
+    _attr_translation_key = "last_woken"
+
+    def _restore(self, value: Any) -> None:
+        if self.power.last_woken is None and isinstance(value, datetime):
+            self.power.last_woken = value
+
+    @property
+    def native_value(self) -> datetime | None:
+        """The time of the first answer after the wake action."""
+        return self.power.last_woken
+
+
+class WakeTimeSensor(_PowerSensor):
+    """Seconds from the wake action to the first answer, learnt from wakes."""
+
+    _attr_device_class = SensorDeviceClass.DURATION
+    _attr_native_unit_of_measurement = UnitOfTime.SECONDS
+    _attr_suggested_display_precision = 0
+    _attr_entity_category = EntityCategory.DIAGNOSTIC
+    _attr_translation_key = "wake_time"
+
+    def _restore(self, value: Any) -> None:
+        if isinstance(value, int | float):
+            self.power.learn(float(value))
+
+    @property
+    def native_value(self) -> float | None:
+        """Unknown until a wake was seen through."""
+        return self.power.learnt_wake_time

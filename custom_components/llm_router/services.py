@@ -1,4 +1,4 @@
-"""Actions: ask the router from automations, and benchmark its backends."""
+"""Actions: ask the router from automations, benchmark and wake its backends."""
 
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ from .runtime import LLMRouterConfigEntry
 
 SERVICE_ASK = "ask"
 SERVICE_BENCHMARK = "benchmark"
+SERVICE_WAKE = "wake"
 ATTR_TEXT = "text"
 ATTR_CONVERSATION_ID = "conversation_id"
 ATTR_BACKEND = "backend"
 ATTR_THINK = "think"
+ATTR_WARM = "warm"
 
 
 def _session_context(call: ServiceCall) -> dict[str, Any]:
@@ -75,6 +77,14 @@ BENCHMARK_SCHEMA = probatio.Schema(
     {
         probatio.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
         probatio.Optional(ATTR_BACKEND): cv.string,
+    }
+)
+
+WAKE_SCHEMA = probatio.Schema(
+    {
+        probatio.Optional(ATTR_CONFIG_ENTRY_ID): cv.string,
+        probatio.Required(ATTR_BACKEND): cv.string,
+        probatio.Optional(ATTR_WARM, default=False): cv.boolean,
     }
 )
 
@@ -208,6 +218,7 @@ def attempt_data(attempt: Attempt) -> dict[str, Any]:
         "predicted_first_word_ms": _milliseconds(forecast.total) if forecast else None,
         "first_word_ms": _milliseconds(attempt.first_word),
         "queued_ms": _milliseconds(attempt.queued),
+        "waking": attempt.waking,
         "prediction": {
             f"{part}_ms": _milliseconds(getattr(forecast, part))
             for part in ("queue", "load", "prompt", "reasoning", "network")
@@ -318,6 +329,32 @@ async def _async_benchmark(call: ServiceCall) -> ServiceResponse:
     return {"backends": results}
 
 
+async def _async_wake(call: ServiceCall) -> ServiceResponse:
+    """Wake a backend's server ahead of turns; with warm, until it answers."""
+    entry, backend = _target(call.hass, call)
+    assert backend is not None  # required by the schema
+    router = entry.runtime_data.router
+    power = router.states[backend].power
+    if not power.can_wake:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="no_wake_action",
+            translation_placeholders={"backend": backend},
+        )
+    warm = call.data[ATTR_WARM]
+    if not await router.wake(backend, warm=warm):
+        error = power.wake_error
+        raise HomeAssistantError(
+            translation_domain=DOMAIN,
+            translation_key="did_not_wake",
+            translation_placeholders={
+                "backend": backend,
+                "error": error.message if error else "",
+            },
+        )
+    return {"backend": backend, "answered": True if warm else None}
+
+
 @callback
 def async_setup_services(hass: HomeAssistant) -> None:
     """Register the integration's actions."""
@@ -333,5 +370,12 @@ def async_setup_services(hass: HomeAssistant) -> None:
         SERVICE_BENCHMARK,
         _async_benchmark,
         schema=BENCHMARK_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_WAKE,
+        _async_wake,
+        schema=WAKE_SCHEMA,
         supports_response=SupportsResponse.OPTIONAL,
     )

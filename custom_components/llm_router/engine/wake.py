@@ -93,6 +93,8 @@ class Power:
         self.last_woken: datetime | None = None
         self.failed_wakes = 0
         """Wakes in a row that did not end in an answer."""
+        self.wake_error: BackendError | None = None
+        """Why the last of those failed."""
         self.wakes = 0
         """Times the wake action ran."""
         self.put_to_sleep = False
@@ -251,12 +253,14 @@ class Power:
             self._wake_times.append(loop.time() - started)
         self.last_woken = datetime.now(UTC)
         self.failed_wakes = 0
+        self.wake_error = None
         _LOGGER.info("Backend %s woke", self._name)
         self._arm_idle()
         return True
 
     def _wake_failed(self, error: BackendError) -> None:
         self.failed_wakes += 1
+        self.wake_error = error
         _LOGGER.warning("Waking backend %s failed: %s", self._name, error)
         self._report(error)
 

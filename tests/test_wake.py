@@ -1,0 +1,244 @@
+"""Waking a backend's machine with a Home Assistant action, and letting it sleep."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from freezegun.api import FrozenDateTimeFactory
+from homeassistant.core import HomeAssistant, ServiceCall
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import issue_registry as ir
+from homeassistant.util import dt as dt_util
+import pytest
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_fire_time_changed,
+)
+
+from custom_components.llm_router.coordinator import DID_NOT_WAKE_ISSUE_AFTER
+from custom_components.llm_router.engine.wake import PowerState
+from tests.conftest import backend, probe_backends, router_entry, setup_router, until
+from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.power import SleepingMachine
+
+WAKE_GPU = [{"action": "test.wake_gpu"}]
+SUSPEND_GPU = [{"action": "test.suspend_gpu"}]
+
+
+@pytest.fixture
+async def machine() -> AsyncIterator[SleepingMachine]:
+    """The GPU server's machine, off; it boots soon after its wake action."""
+    machine = SleepingMachine(FakeOpenAI(), boot_time=0.05)
+    yield machine
+    await machine.off()
+
+
+class Home:
+    """The home's actions that wake and suspend the machine, and their calls."""
+
+    def __init__(self, hass: HomeAssistant, machine: SleepingMachine) -> None:
+        self.calls: list[ServiceCall] = []
+        self.machine = machine
+        hass.services.async_register("test", "wake_gpu", self._wake)
+        hass.services.async_register("test", "suspend_gpu", self._suspend)
+
+    async def _wake(self, call: ServiceCall) -> None:
+        self.calls.append(call)
+        await self.machine.wake()
+
+    async def _suspend(self, call: ServiceCall) -> None:
+        self.calls.append(call)
+        await self.machine.sleep()
+
+
+def gpu_that_sleeps(
+    machine: SleepingMachine, pi: FakeOllama, *, options: Any = None, **power: Any
+) -> MockConfigEntry:
+    return router_entry(
+        backend(
+            "GPU server",
+            "openai",
+            machine.url,
+            "fake-model",
+            1,
+            wake_action=WAKE_GPU,
+            **power,
+        ),
+        backend("Pi", "ollama", pi.url, "llama3.2", 2),
+        **(options or {}),
+    )
+
+
+async def ask(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
+    response = await hass.services.async_call(
+        "llm_router", "ask", data, blocking=True, return_response=True
+    )
+    assert response is not None
+    return dict(response)
+
+
+def value(hass: HomeAssistant, entity_id: str) -> str:
+    state = hass.states.get(entity_id)
+    assert state is not None, entity_id
+    return state.state
+
+
+async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
+    hass: HomeAssistant, machine: SleepingMachine, ollama: FakeOllama
+) -> None:
+    home = Home(hass, machine)
+    entry = await setup_router(hass, gpu_that_sleeps(machine, ollama))
+    power = entry.runtime_data.router.states["GPU server"].power
+    assert value(hass, "sensor.gpu_server_power") == PowerState.ASLEEP
+
+    response = await ask(hass, text="Is the garage door closed?")
+
+    assert response["backend"] == "Pi"
+    gpu, pi = response["attempts"]
+    assert gpu["backend"] == "GPU server"
+    assert gpu["waking"] is True
+    assert gpu["error"] == "waking up, asking the next backend"
+    assert pi["waking"] is False
+    assert value(hass, "sensor.gpu_server_power") == PowerState.WAKING
+    # The action ran once, as the router: with a context of its own.
+    assert [call.service for call in home.calls] == ["wake_gpu"]
+    assert home.calls[0].context.user_id is None
+
+    await until(lambda: not power.waking, seconds=10)
+    await hass.async_block_till_done()
+    assert value(hass, "sensor.gpu_server_power") == PowerState.AWAKE
+    assert value(hass, "sensor.gpu_server_last_woken") != "unknown"
+    assert float(value(hass, "sensor.gpu_server_wake_time")) > 0
+    response = await ask(hass, text="And now?")
+    assert response["backend"] == "GPU server"
+    assert len(home.calls) == 1
+
+
+async def test_a_failing_wake_action_is_shown_and_repaired(
+    hass: HomeAssistant,
+    issue_registry: ir.IssueRegistry,
+    machine: SleepingMachine,
+    ollama: FakeOllama,
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend(
+                "GPU server",
+                "openai",
+                machine.url,
+                "fake-model",
+                1,
+                wake_action=[{"action": "test.no_such_action"}],
+            ),
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        ),
+    )
+    await probe_backends(hass, entry)
+
+    for _ in range(DID_NOT_WAKE_ISSUE_AFTER):
+        with pytest.raises(HomeAssistantError) as raised:
+            await hass.services.async_call(
+                "llm_router",
+                "wake",
+                {"backend": "GPU server", "warm": True},
+                blocking=True,
+            )
+        assert raised.value.translation_key == "did_not_wake"
+
+    assert value(hass, "sensor.gpu_server_last_error") == "action_failed"
+    message = hass.states.get("sensor.gpu_server_last_error").attributes["message"]
+    assert "test.no_such_action" in message
+    await probe_backends(hass, entry)
+    issue = issue_registry.async_get_issue("llm_router", "did_not_wake_gpu_server")
+    assert issue is not None
+    assert issue.translation_placeholders["count"] == str(DID_NOT_WAKE_ISSUE_AFTER)
+    assert value(hass, "sensor.gpu_server_power") == PowerState.UNREACHABLE
+
+
+async def test_the_wake_action_wakes_ahead_and_warms(
+    hass: HomeAssistant, machine: SleepingMachine, ollama: FakeOllama
+) -> None:
+    home = Home(hass, machine)
+    await setup_router(hass, gpu_that_sleeps(machine, ollama))
+
+    response = await hass.services.async_call(
+        "llm_router",
+        "wake",
+        {"backend": "GPU server", "warm": True},
+        blocking=True,
+        return_response=True,
+    )
+
+    assert response == {"backend": "GPU server", "answered": True}
+    assert machine.awake
+    assert len(home.calls) == 1
+    assert (await ask(hass, text="Hello?"))["backend"] == "GPU server"
+
+
+async def test_the_wake_action_needs_a_backend_with_one(
+    hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
+) -> None:
+    await setup_router(
+        hass,
+        router_entry(
+            backend("GPU server", "openai", openai.url, "fake-model", 1),
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        ),
+    )
+
+    with pytest.raises(ServiceValidationError) as raised:
+        await hass.services.async_call(
+            "llm_router", "wake", {"backend": "Pi"}, blocking=True
+        )
+    assert raised.value.translation_key == "no_wake_action"
+    # Backends without power actions have no power sensors.
+    assert hass.states.get("sensor.pi_power") is None
+
+
+async def test_an_idle_gpu_is_put_to_sleep_without_an_unreachable_repair(
+    hass: HomeAssistant,
+    issue_registry: ir.IssueRegistry,
+    freezer: FrozenDateTimeFactory,
+    machine: SleepingMachine,
+    ollama: FakeOllama,
+) -> None:
+    home = Home(hass, machine)
+    await machine.start()
+    entry = await setup_router(
+        hass,
+        gpu_that_sleeps(
+            machine,
+            ollama,
+            sleep_action=SUSPEND_GPU,
+            idle_time=10,
+            # Health checks only when the test runs them: not while it stops
+            # the fake.
+            options={"probe_interval": 24 * 3600},
+        ),
+    )
+    assert (await ask(hass, text="Hello?"))["backend"] == "GPU server"
+
+    freezer.tick(timedelta(minutes=9))
+    async_fire_time_changed(hass, dt_util.utcnow())
+    await hass.async_block_till_done()
+    assert home.calls == []
+    freezer.tick(timedelta(minutes=2))
+    async_fire_time_changed(hass, dt_util.utcnow())
+    await hass.async_block_till_done()
+
+    assert [call.service for call in home.calls] == ["suspend_gpu"]
+    assert home.calls[0].context.user_id is None
+    assert not machine.awake
+    assert value(hass, "sensor.gpu_server_power") == PowerState.ASLEEP
+    coordinator = entry.runtime_data.coordinators["GPU server"]
+    await coordinator.async_refresh()
+    freezer.tick(timedelta(hours=2))
+    await coordinator.async_refresh()
+    assert (
+        issue_registry.async_get_issue("llm_router", "unreachable_gpu_server") is None
+    )
+    assert value(hass, "sensor.gpu_server_power") == PowerState.ASLEEP
