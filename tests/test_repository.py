@@ -66,7 +66,6 @@ from custom_components.llm_router import config_flow
 from custom_components.llm_router.const import DOMAIN
 from tests.conftest import (
     backend,
-    gpu_and_pi,
     probe_backends,
     router_entry,
     setup_router,
@@ -1135,8 +1134,24 @@ REFERENCE = re.compile(
 async def router(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> MockConfigEntry:
-    """The README's router: the GPU server first, the Pi second."""
-    entry = await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
+    """The README's router: the GPU server first, the Pi second.
+
+    The GPU server has a wake action, so that its power sensors exist too.
+    """
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend(
+                "GPU server",
+                "openai",
+                openai.url,
+                "fake-model",
+                1,
+                wake_action=[{"action": "script.wake_gpu"}],
+            ),
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        ),
+    )
     await probe_backends(hass, entry)
     return entry
 

@@ -9,7 +9,7 @@ from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers.script import Script, async_validate_actions_config
-import voluptuous as vol
+import probatio
 
 from .const import (
     CONF_IDLE_TIME,
@@ -54,7 +54,7 @@ class ActionRunner:
                     logger=LOGGER,
                 )
             await self._script.async_run(context=Context())
-        except (HomeAssistantError, vol.Invalid) as err:
+        except (HomeAssistantError, probatio.Invalid) as err:
             raise ActionFailed(f"{self._name}: {err}") from err
 
     async def async_unload(self) -> None:

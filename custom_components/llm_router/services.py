@@ -332,18 +332,17 @@ async def _async_benchmark(call: ServiceCall) -> ServiceResponse:
 async def _async_wake(call: ServiceCall) -> ServiceResponse:
     """Wake a backend's server ahead of turns; with warm, until it answers."""
     entry, backend = _target(call.hass, call)
-    assert backend is not None  # required by the schema
     router = entry.runtime_data.router
-    power = router.states[backend].power
-    if not power.can_wake:
+    # The schema requires a backend.
+    if backend is None or not router.states[backend].power.can_wake:
         raise ServiceValidationError(
             translation_domain=DOMAIN,
             translation_key="no_wake_action",
-            translation_placeholders={"backend": backend},
+            translation_placeholders={"backend": str(backend)},
         )
     warm = call.data[ATTR_WARM]
     if not await router.wake(backend, warm=warm):
-        error = power.wake_error
+        error = router.states[backend].power.wake_error
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="did_not_wake",
