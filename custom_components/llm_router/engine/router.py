@@ -339,6 +339,8 @@ class Router:
         self._set_online(state, None)
         state.requests += 1
         state.last_stats = attempt.stats
+        if attempt.stats.prompt_speed is not None:
+            state.prompt_speed = attempt.stats.prompt_speed
         if attempt.first_word is not None:
             state.last_first_word = attempt.first_word - attempt.queued
         state.breaker.record_success()

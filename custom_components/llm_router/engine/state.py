@@ -33,6 +33,8 @@ class BackendState:
     """Requests not sent because the breaker was open."""
     failed_probes: int = 0
     last_stats: GenerationStats | None = None
+    prompt_speed: float | None = None
+    """The last prompt speed measured (an answer from the cache measures none)."""
     last_first_word: float | None = None
     """Seconds from the request to the first answer word, last answer."""
     last_error: BackendError | None = None
