@@ -8,6 +8,7 @@ from typing import Any
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant, ServiceCall
+from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.util import dt as dt_util
@@ -242,3 +243,44 @@ async def test_an_idle_gpu_is_put_to_sleep_without_an_unreachable_repair(
         issue_registry.async_get_issue("llm_router", "unreachable_gpu_server") is None
     )
     assert value(hass, "sensor.gpu_server_power") == PowerState.ASLEEP
+
+
+async def test_the_backend_form_sets_and_clears_the_power_actions(
+    hass: HomeAssistant, machine: SleepingMachine, ollama: FakeOllama
+) -> None:
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", ollama.url, "llama3.2", 1))
+    )
+    model_step = {
+        "model": "llama3.2:latest",
+        "priority": 1,
+        "max_parallel": 1,
+        "connect_timeout": 3,
+        "first_token_timeout": 30,
+        "keep_alive": "30m",
+        "num_ctx": 4096,
+    }
+
+    async def reconfigure(**power: Any) -> None:
+        result = await entry.start_subentry_reconfigure_flow(hass, "pi")
+        result = await hass.config_entries.subentries.async_configure(
+            result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
+        )
+        result = await hass.config_entries.subentries.async_configure(
+            result["flow_id"], {**model_step, **power}
+        )
+        assert result["type"] is FlowResultType.ABORT
+        await hass.async_block_till_done()
+
+    await reconfigure(
+        wake_action=WAKE_GPU, wake_time=45, sleep_action=SUSPEND_GPU, idle_time=20
+    )
+    config = entry.runtime_data.router.states["Pi"].power.config
+    assert config.wake is not None
+    assert config.sleep is not None
+    assert (config.wake_time, config.idle_time) == (45, 20 * 60)
+
+    await reconfigure()
+    power = entry.runtime_data.router.states["Pi"].power
+    assert not power.can_wake
+    assert power.config.sleep is None

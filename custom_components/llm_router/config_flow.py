@@ -28,6 +28,7 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.data_entry_flow import section
 from homeassistant.helpers import llm
 from homeassistant.helpers.selector import (
+    ActionSelector,
     BooleanSelector,
     NumberSelector,
     NumberSelectorConfig,
@@ -49,6 +50,7 @@ from .const import (
     CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
     CONF_HEDGING,
+    CONF_IDLE_TIME,
     CONF_KEEP_ALIVE,
     CONF_KEEP_WARM,
     CONF_KIND,
@@ -62,9 +64,12 @@ from .const import (
     CONF_PROBE_INTERVAL,
     CONF_PROMPT,
     CONF_SKIP_CHECK,
+    CONF_SLEEP_ACTION,
     CONF_THINK,
     CONF_THINK_AUTO,
     CONF_TURN_TIMEOUT,
+    CONF_WAKE_ACTION,
+    CONF_WAKE_TIME,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
     DEFAULT_KEEP_ALIVE,
@@ -143,6 +148,30 @@ def _seconds(maximum: float) -> NumberSelector:
     )
 
 
+def _power_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
+    """Fields that say how the backend's machine is woken and put to sleep."""
+
+    def optional(key: str) -> probatio.Optional:
+        return probatio.Optional(
+            key, description={"suggested_value": defaults.get(key)}
+        )
+
+    return {
+        optional(CONF_WAKE_ACTION): ActionSelector(),
+        optional(CONF_WAKE_TIME): NumberSelector(
+            NumberSelectorConfig(
+                min=1, max=3600, unit_of_measurement="s", mode=NumberSelectorMode.BOX
+            )
+        ),
+        optional(CONF_SLEEP_ACTION): ActionSelector(),
+        optional(CONF_IDLE_TIME): NumberSelector(
+            NumberSelectorConfig(
+                min=1, max=1440, unit_of_measurement="min", mode=NumberSelectorMode.BOX
+            )
+        ),
+    }
+
+
 def _model_schema(
     kind: BackendKind, models: list[str], defaults: Mapping[str, Any]
 ) -> probatio.Schema:
@@ -200,6 +229,7 @@ def _model_schema(
         ): NumberSelector(
             NumberSelectorConfig(min=16, max=32768, mode=NumberSelectorMode.BOX)
         ),
+        **_power_fields(defaults),
     }
     if kind is BackendKind.OLLAMA:
         # Unset: kept warm only while it is the first choice.
