@@ -53,10 +53,17 @@ def llm_server(e2e_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def hass(e2e_dir: Path, request: pytest.FixtureRequest) -> Iterator[HassClient]:
-    """A new, onboarded Home Assistant with the integration available."""
+    """A new, onboarded Home Assistant with the integration available.
+
+    A test module's HASS_CONFIG (YAML) is added to its configuration.
+    """
     _allow_loopback()
     run_dir = e2e_dir / request.module.__name__.rpartition(".")[2]
-    with start_hass(run_dir / "config", run_dir / "home-assistant.out") as server:
+    with start_hass(
+        run_dir / "config",
+        run_dir / "home-assistant.out",
+        extra_config=getattr(request.module, "HASS_CONFIG", ""),
+    ) as server:
         client = HassClient(server)
         onboard(client, Credentials())
         yield client

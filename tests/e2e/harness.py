@@ -174,14 +174,19 @@ def install_llm_server(log: Path, timeout: float = 600.0) -> None:
 
 
 def start_llm_server(
-    log: Path, *, slots: int = 1, timeout: float = 120.0, keep: bool = False
+    log: Path,
+    *,
+    slots: int = 1,
+    port: int | None = None,
+    timeout: float = 120.0,
+    keep: bool = False,
 ) -> Server:
-    """Serve LLM_MODEL with that many slots on a free loopback port.
+    """Serve LLM_MODEL with that many slots on a loopback port (default: free).
 
     llama-server answers GET /health with 503 while it loads the model and
     200 once it serves (after install_llm_server).
     """
-    port = free_port()
+    port = port or free_port()
     return start_server(
         "LLM server",
         [
@@ -287,11 +292,11 @@ def _http_store(port: int) -> dict[str, Any]:
     }
 
 
-def write_hass_config(config_dir: Path, port: int) -> None:
-    """A minimal configuration, and the integration linked in."""
+def write_hass_config(config_dir: Path, port: int, extra: str = "") -> None:
+    """A minimal configuration plus extra YAML, and the integration linked in."""
     storage = config_dir / ".storage"
     storage.mkdir(parents=True, exist_ok=True)
-    (config_dir / "configuration.yaml").write_text(_CONFIGURATION)
+    (config_dir / "configuration.yaml").write_text(_CONFIGURATION + extra)
     (storage / "http").write_text(json.dumps(_http_store(port)))
     onboarding = storage / "onboarding"
     if not onboarding.exists():
@@ -317,14 +322,15 @@ def start_hass(
     port: int | None = None,
     timeout: float = 180.0,
     keep: bool = False,
+    extra_config: str = "",
 ) -> Server:
     """Run Home Assistant on 127.0.0.1 with a fresh minimal configuration.
 
-    Requirements are never installed at start (--skip-pip): its venv has
-    what this configuration needs.
+    extra_config is YAML appended to it. Requirements are never installed
+    at start (--skip-pip): its venv has what this configuration needs.
     """
     port = port or free_port()
-    write_hass_config(config_dir, port)
+    write_hass_config(config_dir, port, extra_config)
     return start_server(
         "Home Assistant",
         [
