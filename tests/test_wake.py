@@ -20,7 +20,14 @@ from pytest_homeassistant_custom_component.common import (
 
 from custom_components.llm_router.coordinator import DID_NOT_WAKE_ISSUE_AFTER
 from custom_components.llm_router.engine.wake import PowerState
-from tests.conftest import backend, probe_backends, router_entry, setup_router, until
+from tests.conftest import (
+    backend,
+    form_input,
+    probe_backends,
+    router_entry,
+    setup_router,
+    until,
+)
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
@@ -257,6 +264,7 @@ async def test_the_backend_form_sets_and_clears_the_power_actions(
         "max_parallel": 1,
         "connect_timeout": 3,
         "first_token_timeout": 30,
+        "thinking": "off",
         "keep_alive": "30m",
         "num_ctx": 4096,
     }
@@ -267,7 +275,7 @@ async def test_the_backend_form_sets_and_clears_the_power_actions(
             result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
         )
         result = await hass.config_entries.subentries.async_configure(
-            result["flow_id"], {**model_step, **power}
+            result["flow_id"], form_input(result, **model_step, **power)
         )
         assert result["type"] is FlowResultType.ABORT
         await hass.async_block_till_done()
