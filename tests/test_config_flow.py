@@ -9,6 +9,7 @@ from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType, section
 from homeassistant.setup import async_setup_component
+import probatio
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -207,7 +208,8 @@ def shown_value(result: Any, name: str) -> Any:
     marker = markers(result)[name]
     if (description := marker.description) and "suggested_value" in description:
         return description["suggested_value"]
-    return marker.default()
+    # An optional field with no default (an action) shows empty.
+    return None if marker.default is probatio.UNDEFINED else marker.default()
 
 
 def sections(result: Any) -> dict[str, tuple[list[str], bool]]:
@@ -570,7 +572,10 @@ async def test_model_step_shows_the_essentials_and_folds_the_rest(
             ["max_parallel", "connect_timeout", "first_token_timeout"],
             True,
         ),
-        "power": (["always_on"], True),
+        "power": (
+            ["always_on", "wake_action", "wake_time", "sleep_action", "idle_time"],
+            True,
+        ),
     }
     assert shown["ollama"] == (
         {**common, "model_memory": (["keep_warm", "keep_alive", "num_ctx"], True)},
@@ -641,6 +646,10 @@ async def test_reconfigure_shows_every_section_with_the_current_values(
         "keep_alive": "24h",
         "num_ctx": 16384,
         "always_on": False,
+        "wake_action": [{"action": "script.wake_pi"}],
+        "wake_time": 45,
+        "sleep_action": [{"action": "script.suspend_pi"}],
+        "idle_time": 20,
     }
     entry = await setup_router(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "qwen3", 4, **stored))
