@@ -605,7 +605,9 @@ def run_flow(
                 f"{base}: expected form {step_id!r}, got {_flow_summary(result)}; "
                 f"see {client.server.log}"
             )
-        result = client.post(f"{base}/{result['flow_id']}", dict(data))
+        result = client.post(
+            f"{base}/{result['flow_id']}", in_sections(result["data_schema"], data)
+        )
         if result.get("type") == "form" and result.get("errors"):
             raise HarnessError(
                 f"{base}: step {step_id!r} refused: {result['errors']}; "
@@ -617,6 +619,23 @@ def run_flow(
             f"see {client.server.log}"
         )
     return result
+
+
+def in_sections(
+    schema: Sequence[Mapping[str, Any]], data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Flat fields nested in the form's sections, as a browser sends them.
+
+    A section given as a whole (a mapping under its name) is sent as it is.
+    """
+    nested: dict[str, Any] = {}
+    for field_ in schema:
+        name = field_["name"]
+        if field_.get("type") == "expandable" and name not in data:
+            nested[name] = in_sections(field_["schema"], data)
+        elif name in data:
+            nested[name] = data[name]
+    return nested
 
 
 def _flow_summary(result: Mapping[str, Any]) -> str:
