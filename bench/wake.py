@@ -3,12 +3,14 @@
 A loopback Pi (a fake Ollama streaming at a fixed token rate) and a GPU
 machine that is off (a fake OpenAI-compatible server that starts listening
 --boot seconds after its wake action runs). Per run, side by side:
-  pi only        a turn of a router with only the Pi: the baseline
+  pi only        turns of a router with only the Pi: the baseline (the
+                 median of five just before)
   waking turn    the turn that finds the GPU down (its health check saw
                  it so) and runs its wake action; the Pi answers it
 Then turns every --poll seconds until the GPU serves one. Reported per
 run and as medians:
-  extra          waking turn / pi-only turn (1.0: the wake costs nothing)
+  extra          waking turn / pi-only turn (1.0: the wake costs nothing),
+                 and the two in ms
   to GPU         seconds from the waking turn to the first turn the GPU
                  served, and its ratio to boot + probe interval (the
                  latest a probe every 2 s can see the boot)
@@ -67,8 +69,8 @@ def pi(session: aiohttp.ClientSession, url: str, priority: int) -> OllamaBackend
 
 async def one_run(
     session: aiohttp.ClientSession, pi_server: FakeOllama, boot: float, poll: float
-) -> tuple[float, float]:
-    """The waking turn's time ratio to a Pi-only turn; seconds to the GPU."""
+) -> tuple[float, float, float]:
+    """Seconds of a Pi-only turn and of the waking turn; seconds to the GPU."""
     machine = SleepingMachine(FakeOpenAI(), boot_time=boot)
     gpu = OpenAIBackend(
         BackendConfig("GPU", BackendKind.OPENAI, machine.url, "fake-model"), session
@@ -81,9 +83,11 @@ async def one_run(
     baseline = Router([pi(session, pi_server.url, 1)])
     try:
         await home.async_probe("GPU")  # the health check: down
+        # Each router asks a backend's model details once: not in the turn.
+        await home.model_details(home.states["Pi"])
         # One session: the Pi's connection, warmed here, serves both routers.
         await timed_turn(baseline)
-        alone, _ = await timed_turn(baseline)
+        alone = statistics.median([(await timed_turn(baseline))[0] for _ in range(5)])
         started = time.perf_counter()
         waking, served_by = await timed_turn(home)
         if served_by != "Pi" or machine.wakes != 1:
@@ -93,7 +97,7 @@ async def one_run(
             turn_started = time.perf_counter()
             _, served_by = await timed_turn(home)
             if served_by == "GPU":
-                return waking / alone, turn_started - started
+                return alone, waking, turn_started - started
     finally:
         await home.close()
         await baseline.close()
@@ -109,12 +113,17 @@ async def main(runs: int, boot: float, poll: float) -> None:
         print(
             f"boot {boot:g} s, probe every {TIMING.probe_interval:g} s, poll {poll:g} s"
         )
-        print("run  extra (waking / pi only)  to GPU s  to GPU / (boot + probe)")
+        print(
+            "run  pi only ms  waking ms  extra (ratio)  to GPU s  to GPU / (boot + probe)"
+        )
         for run in range(1, runs + 1):
-            extra, seconds = await one_run(session, pi_server, boot, poll)
-            extras.append(extra)
+            alone, waking, seconds = await one_run(session, pi_server, boot, poll)
+            extras.append(waking / alone)
             to_gpu.append(seconds)
-            print(f"{run:3d}  {extra:24.3f}  {seconds:8.2f}  {seconds / bound:23.2f}")
+            print(
+                f"{run:3d}  {alone * 1000:10.1f}  {waking * 1000:9.1f}"
+                f"  {waking / alone:13.3f}  {seconds:8.2f}  {seconds / bound:23.2f}"
+            )
     print(
         f"median extra {statistics.median(extras):.3f}, "
         f"to GPU {statistics.median(to_gpu):.2f} s = "
