@@ -28,26 +28,17 @@ import time
 
 import aiohttp
 
-from custom_components.llm_router.engine.models import (
-    BackendConfig,
-    BackendKind,
-    ChatMessage,
-    ChatRequest,
-)
+from bench.dead_backend import ANSWER, REQUEST
+from custom_components.llm_router.engine.models import BackendConfig, BackendKind
 from custom_components.llm_router.engine.ollama import OllamaBackend
 from custom_components.llm_router.engine.openai import OpenAIBackend
 from custom_components.llm_router.engine.router import Router
 from custom_components.llm_router.engine.settings import RouterSettings
 from custom_components.llm_router.engine.wake import PowerConfig, WakeTiming
-from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
 
-REQUEST = ChatRequest(messages=(ChatMessage("user", "Is the porch light on?"),))
-ANSWER = Reply(
-    text="The porch light is on and the door is locked.", tokens_per_second=200
-)
 TIMING = WakeTiming()
 
 

@@ -136,16 +136,25 @@ def router_entry(
 
 
 def gpu_and_pi(
-    pi_url: str, gpu_url: str | None = None, *, gpu_kind: str = "openai"
+    pi_url: str,
+    gpu_url: str | None = None,
+    *,
+    gpu_kind: str = "openai",
+    options: Mapping[str, Any] | None = None,
+    **gpu: Any,
 ) -> MockConfigEntry:
     """The README's router: a GPU server first, then an Ollama Pi.
 
-    Without gpu_url, the GPU server is one that refuses connections.
+    Without gpu_url, the GPU server is one that refuses connections. gpu:
+    more fields of the GPU server; options: the router's.
     """
     gpu_model = "fake-model" if gpu_kind == "openai" else "llama3.2"
     return router_entry(
-        backend("GPU server", gpu_kind, gpu_url or closed_port_url(), gpu_model, 1),
+        backend(
+            "GPU server", gpu_kind, gpu_url or closed_port_url(), gpu_model, 1, **gpu
+        ),
         backend("Pi", "ollama", pi_url, "llama3.2", 2),
+        **(options or {}),
     )
 
 

@@ -66,6 +66,7 @@ from custom_components.llm_router import config_flow
 from custom_components.llm_router.const import DOMAIN
 from tests.conftest import (
     backend,
+    gpu_and_pi,
     probe_backends,
     router_entry,
     setup_router,
@@ -1140,17 +1141,7 @@ async def router(
     """
     entry = await setup_router(
         hass,
-        router_entry(
-            backend(
-                "GPU server",
-                "openai",
-                openai.url,
-                "fake-model",
-                1,
-                wake_action=[{"action": "script.wake_gpu"}],
-            ),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
+        gpu_and_pi(ollama.url, openai.url, wake_action=[{"action": "script.wake_gpu"}]),
     )
     await probe_backends(hass, entry)
     return entry

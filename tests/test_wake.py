@@ -23,6 +23,7 @@ from custom_components.llm_router.engine.wake import PowerState
 from tests.conftest import (
     backend,
     form_input,
+    gpu_and_pi,
     probe_backends,
     router_entry,
     setup_router,
@@ -31,6 +32,9 @@ from tests.conftest import (
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
+from tests.test_config_flow import MODEL_STEP
+from tests.test_sensor import value
+from tests.test_services import ask
 
 WAKE_GPU = [{"action": "test.wake_gpu"}]
 SUSPEND_GPU = [{"action": "test.suspend_gpu"}]
@@ -63,35 +67,10 @@ class Home:
 
 
 def gpu_that_sleeps(
-    machine: SleepingMachine, pi: FakeOllama, *, options: Any = None, **power: Any
+    machine: SleepingMachine, pi: FakeOllama, **gpu: Any
 ) -> MockConfigEntry:
-    return router_entry(
-        backend(
-            "GPU server",
-            "openai",
-            machine.url,
-            "fake-model",
-            1,
-            wake_action=WAKE_GPU,
-            **power,
-        ),
-        backend("Pi", "ollama", pi.url, "llama3.2", 2),
-        **(options or {}),
-    )
-
-
-async def ask(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
-    response = await hass.services.async_call(
-        "llm_router", "ask", data, blocking=True, return_response=True
-    )
-    assert response is not None
-    return dict(response)
-
-
-def value(hass: HomeAssistant, entity_id: str) -> str:
-    state = hass.states.get(entity_id)
-    assert state is not None, entity_id
-    return state.state
+    """The README's router, its GPU server on the machine, with a wake action."""
+    return gpu_and_pi(pi.url, machine.url, **{"wake_action": WAKE_GPU, **gpu})
 
 
 async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
@@ -133,16 +112,8 @@ async def test_a_failing_wake_action_is_shown_and_repaired(
 ) -> None:
     entry = await setup_router(
         hass,
-        router_entry(
-            backend(
-                "GPU server",
-                "openai",
-                machine.url,
-                "fake-model",
-                1,
-                wake_action=[{"action": "test.no_such_action"}],
-            ),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+        gpu_that_sleeps(
+            machine, ollama, wake_action=[{"action": "test.no_such_action"}]
         ),
     )
     await probe_backends(hass, entry)
@@ -190,13 +161,7 @@ async def test_the_wake_action_wakes_ahead_and_warms(
 async def test_the_wake_action_needs_a_backend_with_one(
     hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
 ) -> None:
-    await setup_router(
-        hass,
-        router_entry(
-            backend("GPU server", "openai", openai.url, "fake-model", 1),
-            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
-        ),
-    )
+    await setup_router(hass, gpu_and_pi(ollama.url, openai.url))
 
     with pytest.raises(ServiceValidationError) as raised:
         await hass.services.async_call(
@@ -258,16 +223,6 @@ async def test_the_backend_form_sets_and_clears_the_power_actions(
     entry = await setup_router(
         hass, router_entry(backend("Pi", "ollama", ollama.url, "llama3.2", 1))
     )
-    model_step = {
-        "model": "llama3.2:latest",
-        "priority": 1,
-        "max_parallel": 1,
-        "connect_timeout": 3,
-        "first_token_timeout": 30,
-        "thinking": "off",
-        "keep_alive": "30m",
-        "num_ctx": 4096,
-    }
 
     async def reconfigure(**power: Any) -> None:
         result = await entry.start_subentry_reconfigure_flow(hass, "pi")
@@ -275,7 +230,7 @@ async def test_the_backend_form_sets_and_clears_the_power_actions(
             result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
         )
         result = await hass.config_entries.subentries.async_configure(
-            result["flow_id"], form_input(result, **model_step, **power)
+            result["flow_id"], form_input(result, **MODEL_STEP, **power)
         )
         assert result["type"] is FlowResultType.ABORT
         await hass.async_block_till_done()
