@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from freezegun.api import FrozenDateTimeFactory
-from homeassistant.core import HomeAssistant, ServiceCall
+from homeassistant.core import HomeAssistant, ServiceCall, State
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers import issue_registry as ir
@@ -16,6 +16,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
+    mock_restore_cache_with_extra_data,
 )
 
 from custom_components.llm_router.coordinator import DID_NOT_WAKE_ISSUE_AFTER
@@ -247,3 +248,36 @@ async def test_the_backend_form_sets_and_clears_the_power_actions(
     power = entry.runtime_data.router.states["Pi"].power
     assert not power.can_wake
     assert power.config.sleep is None
+
+
+async def test_the_wake_time_and_last_wake_survive_a_restart(
+    hass: HomeAssistant, machine: SleepingMachine, ollama: FakeOllama
+) -> None:
+    woken = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+    mock_restore_cache_with_extra_data(
+        hass,
+        [
+            (
+                State("sensor.gpu_server_last_woken", woken.isoformat()),
+                {
+                    "native_value": {
+                        "__type": str(datetime),
+                        "isoformat": woken.isoformat(),
+                    },
+                    "native_unit_of_measurement": None,
+                },
+            ),
+            (
+                State("sensor.gpu_server_wake_time", "42.0"),
+                {"native_value": 42.0, "native_unit_of_measurement": "s"},
+            ),
+        ],
+    )
+
+    entry = await setup_router(hass, gpu_that_sleeps(machine, ollama, wake_time=90))
+
+    power = entry.runtime_data.router.states["GPU server"].power
+    assert power.last_woken == woken
+    # The learnt time counts, not the configured guess.
+    assert power.wake_time == 42.0
+    assert float(value(hass, "sensor.gpu_server_wake_time")) == 42.0

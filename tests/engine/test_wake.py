@@ -20,6 +20,7 @@ from custom_components.llm_router.engine.models import (
     ChatMessage,
     ChatRequest,
 )
+from custom_components.llm_router.engine.ollama import OllamaBackend
 from custom_components.llm_router.engine.openai import OpenAIBackend
 from custom_components.llm_router.engine.router import Router
 from custom_components.llm_router.engine.settings import RouterSettings
@@ -32,6 +33,7 @@ from custom_components.llm_router.engine.wake import (
 )
 from tests.conftest import until
 from tests.fakes.base import Reply
+from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
 
@@ -472,3 +474,58 @@ async def test_no_sleep_while_the_server_answers_a_request(
     assert machine.sleeps == 0
     await until(lambda: machine.sleeps == 1)
     await home.router.close()
+
+
+@pytest.mark.parametrize("keep_warm", [False, None])
+async def test_waking_ahead_with_warm_loads_the_model(
+    session: aiohttp.ClientSession, keep_warm: bool | None
+) -> None:
+    """Warmed by the wake itself, or joined to the keep-warm load of the first choice."""
+    machine = SleepingMachine(FakeOllama(load_seconds=0.05), boot_time=0.05)
+    router = Router(
+        [
+            OllamaBackend(
+                BackendConfig(
+                    "gpu",
+                    BackendKind.OLLAMA,
+                    machine.url,
+                    "llama3.2",
+                    keep_warm=keep_warm,
+                ),
+                session,
+            )
+        ],
+        settings=RouterSettings(wake=TIMING),
+        power={"gpu": PowerConfig(wake=machine.wake, wake_time=0.1)},
+    )
+    try:
+        assert await router.wake("gpu", warm=True)
+
+        assert isinstance(machine.server, FakeOllama)
+        assert machine.server.loads == 1
+        assert machine.server.is_loaded("llama3.2")
+    finally:
+        await router.close()
+        await machine.off()
+
+
+async def test_waking_needs_a_wake_action_and_an_open_router(
+    machine: SleepingMachine, session: aiohttp.ClientSession
+) -> None:
+    harness = Harness(machine, session)
+    without = Power(
+        PowerConfig(),
+        name="pi",
+        probe=harness.probe,
+        in_flight=lambda: False,
+        report=harness.errors.append,
+        changed=harness.changed,
+    )
+
+    with pytest.raises(ValueError, match="pi has no wake action"):
+        await without.wake(wait=False)
+    assert not without.wake_on_demand()
+    await harness.power.close()
+    assert not await harness.power.wake(wait=True)
+    assert not harness.power.wake_on_demand()
+    assert machine.wakes == 0

@@ -174,10 +174,9 @@ class Power:
         """
         if not self.can_wake:
             raise ValueError(f"{self._name} has no wake action")
-        if self._waking is None:
-            self._start_wake()
-        task = self._waking
-        assert task is not None
+        if self._closed:
+            return False
+        task = self._waking or self._start_wake()
         return await asyncio.shield(task) if wait else True
 
     def note_probe(self, online: bool) -> None:
@@ -204,15 +203,16 @@ class Power:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _start_wake(self) -> None:
-        if self._closed:
-            return
+    def _start_wake(self) -> asyncio.Task[bool]:
+        # Asleep or not, the machine is not idle while it wakes.
+        self._cancel_idle()
         task = asyncio.get_running_loop().create_task(
             self._wake(), name=f"llm_router wake {self._name}"
         )
         self._waking = task
         task.add_done_callback(self._woke)
         self._changed()
+        return task
 
     def _woke(self, _: asyncio.Task[bool]) -> None:
         self._waking = None
@@ -223,7 +223,6 @@ class Power:
         if self._sleeping is not None:
             await asyncio.gather(self._sleeping, return_exceptions=True)
         loop = asyncio.get_running_loop()
-        self._cancel_idle()
         started = self._last_run = loop.time()
         self.wakes += 1
         self.put_to_sleep = False
@@ -279,8 +278,6 @@ class Power:
 
     def _idle_over(self) -> None:
         self._idle_timer = None
-        if self.waking or self._sleeping is not None:
-            return
         if self._in_flight():
             # Served or not, idle time counts again from the next quiet.
             self._arm_idle()
