@@ -79,12 +79,15 @@ def start_server(
     argv: Sequence[str | Path],
     *,
     port: int,
-    ready_path: str,
     log: Path,
     timeout: float,
+    ready_path: str = "/",
+    ready: Callable[[], bool] | None = None,
     keep: bool = False,
 ) -> Server:
     """Start argv and wait until GET ready_path answers 200 on port.
+
+    A server that speaks no HTTP gives its own ready check instead.
 
     The server gets SIGTERM when this process dies, however it dies, unless
     keep says it is to outlive it.
@@ -104,9 +107,9 @@ def start_server(
     server = Server(name, f"http://127.0.0.1:{port}", log, process)
     try:
         wait_until(
-            lambda: _answers(server.url + ready_path),
+            ready or (lambda: _answers(server.url + ready_path)),
             timeout=timeout,
-            what=f"{name} to answer GET {ready_path}",
+            what=f"{name} to be ready" if ready else f"{name} to answer GET {ready_path}",
             server=server,
         )
     except BaseException:
@@ -684,12 +687,27 @@ def prefer_in_assist(client: HassClient, router: Router) -> str:
     The pipeline is named after the router and sends every sentence to it;
     the Assist dialog opens with the preferred pipeline.
     """
+    return create_pipeline(client, router.name, router.agent_id, preferred=True)
+
+
+def create_pipeline(
+    client: HassClient,
+    name: str,
+    agent_id: str,
+    *,
+    preferred: bool = False,
+    tts: Mapping[str, str | None] | None = None,
+) -> str:
+    """Make an Assist pipeline that sends every sentence to agent_id; its id.
+
+    tts: the tts_engine, tts_language and tts_voice fields (none: no speech).
+    """
     pipeline = client.websocket(
         {
             "type": "assist_pipeline/pipeline/create",
-            "name": router.name,
+            "name": name,
             "language": "en",
-            "conversation_engine": router.agent_id,
+            "conversation_engine": agent_id,
             # What the frontend's editor sets for an agent of any language.
             "conversation_language": "*",
             # Not even "turn on the light" goes to Home Assistant's intents first.
@@ -701,14 +719,16 @@ def prefer_in_assist(client: HassClient, router: Router) -> str:
             "tts_voice": None,
             "wake_word_entity": None,
             "wake_word_id": None,
+            **(tts or {}),
         }
     )
-    client.websocket(
-        {
-            "type": "assist_pipeline/pipeline/set_preferred",
-            "pipeline_id": pipeline["id"],
-        }
-    )
+    if preferred:
+        client.websocket(
+            {
+                "type": "assist_pipeline/pipeline/set_preferred",
+                "pipeline_id": pipeline["id"],
+            }
+        )
     return str(pipeline["id"])
 
 
