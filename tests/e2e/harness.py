@@ -109,7 +109,9 @@ def start_server(
         wait_until(
             ready or (lambda: _answers(server.url + ready_path)),
             timeout=timeout,
-            what=f"{name} to be ready" if ready else f"{name} to answer GET {ready_path}",
+            what=f"{name} to be ready"
+            if ready
+            else f"{name} to answer GET {ready_path}",
             server=server,
         )
     except BaseException:

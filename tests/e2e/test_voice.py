@@ -122,7 +122,8 @@ def test_first_audio_is_ready_before_the_answer_ends(
 
     assert not turn.errors
     assert turn.answer == SENTENCES
-    assert turn.first_word is not None and turn.first_audio is not None
+    assert turn.first_word is not None
+    assert turn.first_audio is not None
     assert turn.tts_streaming_started is not None
     assert turn.agent_done is not None
     # In order: the first word, the TTS fed while the agent talks, the first

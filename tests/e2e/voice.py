@@ -63,9 +63,7 @@ def install_tts_server(log: Path, timeout: float = 600.0) -> None:
             raise HarnessError(f"scripts/tts-server install: {err}; see {log}") from err
 
 
-def start_tts_server(
-    log: Path, *, timeout: float = 60.0, keep: bool = False
-) -> Server:
+def start_tts_server(log: Path, *, timeout: float = 60.0, keep: bool = False) -> Server:
     """Serve Piper over Wyoming on a free loopback port (after install)."""
     port = free_port()
     return start_server(
@@ -133,7 +131,7 @@ def add_wyoming(client: HassClient, tts_server: Server) -> Speaker:
     engine = client.websocket({"type": "tts/engine/get", "engine_id": entity_id})
     languages = engine["provider"]["supported_languages"]
     # The voice's own language first: Piper lists every voice it knows.
-    language = VOICE.split("-")[0]
+    language = VOICE.split("-", maxsplit=1)[0]
     if language not in languages:
         language = next(lang for lang in languages if lang.startswith("en"))
     voices = client.websocket(
@@ -188,9 +186,7 @@ class SpokenTurn:
         self, type_: str, where: Callable[[Mapping[str, Any]], bool] = lambda _: True
     ) -> TimedEvent | None:
         """The first event of a type whose data satisfies where."""
-        return next(
-            (e for e in self.events if e.type == type_ and where(e.data)), None
-        )
+        return next((e for e in self.events if e.type == type_ and where(e.data)), None)
 
     def deltas(self) -> list[tuple[float, Mapping[str, Any]]]:
         """The chat log's deltas as they streamed, with their times."""
@@ -229,7 +225,9 @@ class SpokenTurn:
         started = self.tts_streaming_started
         if started is None:
             return None
-        return sum(len(d.get("content") or "") for at, d in self.deltas() if at <= started)
+        return sum(
+            len(d.get("content") or "") for at, d in self.deltas() if at <= started
+        )
 
     @property
     def agent_done(self) -> float | None:
