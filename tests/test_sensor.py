@@ -233,7 +233,7 @@ async def test_probe_interval_option(
 async def test_prompt_speed_unavailable_without_prompt_tokens(
     hass: HomeAssistant,
 ) -> None:
-    """llama-cpp-python reports no usage in the stream: no prompt speed ever."""
+    """A minimal server reports no usage in the stream: no prompt speed ever."""
     async with FakeOpenAI(usage_in_stream=False) as server:
         await setup_router(
             hass,

@@ -75,7 +75,7 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
         value_fn=lambda s: s.last_stats.prompt_speed if s.last_stats else None,
-        # Servers that report no prompt tokens (llama-cpp-python) never have
+        # Servers that report no prompt timing (vLLM) never have
         # one: unavailable, rather than unknown forever, once that shows.
         available_fn=lambda s: (
             s.last_stats is None or s.last_stats.prompt_speed is not None

@@ -1,4 +1,4 @@
-"""The openai backend against a real llama.cpp server (llama-cpp-python)."""
+"""The openai backend against llama.cpp's own server (llama-server)."""
 
 from __future__ import annotations
 
@@ -68,14 +68,19 @@ async def test_streams_an_answer_and_measures_speed(backend: OpenAIBackend) -> N
     assert all(isinstance(delta, TextDelta) for delta in deltas)
     assert len(deltas) > 1  # streamed piece by piece, not in one block
     assert "".join(d.text for d in deltas if isinstance(d, TextDelta)).strip()
-    # llama-cpp-python sends neither usage (despite include_usage) nor
-    # timings: the speed is measured on the client, a token per chunk.
-    assert last == ServerStats(output_chunks=len(deltas))
+    # llama-server's last chunk carries usage and its timings: the counts
+    # and speeds are the server's own.
+    assert last.output_chunks == len(deltas)
     stats = summarize(last, clock, time.monotonic())
-    assert not stats.server_reported
-    assert stats.completion_tokens is None
+    assert stats.server_reported
+    assert stats.completion_tokens is not None
+    assert stats.completion_tokens > 0
+    assert stats.prompt_tokens is not None
+    assert stats.prompt_tokens > 0
     assert stats.generation_speed is not None
     assert stats.generation_speed > 0
+    assert stats.prompt_speed is not None
+    assert stats.prompt_speed > 0
     assert stats.time_to_first_token is not None
 
 

@@ -47,7 +47,7 @@ class FakeOpenAI(FakeServer):
     streams=False answers stream requests with a whole completion and
     usage_in_stream=False ignores stream_options, as minimal servers do;
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
-    crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
+    crlf ends SSE lines with CRLF, as sse-starlette servers do;
     tool_call_index=False leaves tool_calls[].index out, as Gemini does;
     api is where the API lives (Gemini: /v1beta/openai);
     refuses_stream_options answers 422 to requests with stream_options, as
