@@ -157,11 +157,16 @@ def _answers(url: str) -> bool:
 
 def install_llm_server(log: Path, timeout: float = 600.0) -> None:
     """Install the model for llama.cpp's server (seconds; quick once installed)."""
+    run_install("llm-server", log, timeout)
+
+
+def run_install(script: str, log: Path, timeout: float) -> None:
+    """Run `scripts/<script> install`, its output in log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         try:
             subprocess.run(
-                [ROOT / "scripts" / "llm-server", "install"],
+                [ROOT / "scripts" / script, "install"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -170,11 +175,11 @@ def install_llm_server(log: Path, timeout: float = 600.0) -> None:
             )
         except subprocess.CalledProcessError as err:
             raise HarnessError(
-                f"scripts/llm-server install failed (exit {err.returncode}); see {log}"
+                f"scripts/{script} install failed (exit {err.returncode}); see {log}"
             ) from err
         except subprocess.TimeoutExpired as err:
             raise HarnessError(
-                f"scripts/llm-server install took over {timeout:.0f} s; see {log}"
+                f"scripts/{script} install took over {timeout:.0f} s; see {log}"
             ) from err
 
 

@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     Server,
     create_pipeline,
     run_flow,
+    run_install,
     start_server,
 )
 from tests.fakes.base import FakeServer, free_port
@@ -48,19 +49,7 @@ VOICE = "en_US-joe-medium"
 
 def install_tts_server(log: Path, timeout: float = 600.0) -> None:
     """Install wyoming-piper and the voice (quick once installed)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        try:
-            subprocess.run(
-                [ROOT / "scripts" / "tts-server", "install"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=True,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-            raise HarnessError(f"scripts/tts-server install: {err}; see {log}") from err
+    run_install("tts-server", log, timeout)
 
 
 def start_tts_server(log: Path, *, timeout: float = 60.0, keep: bool = False) -> Server:
