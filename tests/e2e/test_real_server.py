@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+import json
 import time
+import urllib.request
 
 import aiohttp
 import pytest
@@ -96,3 +98,30 @@ async def test_reasoning_splitter_passes_a_plain_answer_through(
 
     assert "".join(split.reasoning for split in splits) == ""
     assert "".join(split.answer for split in splits) == "".join(pieces).lstrip()
+
+
+async def test_an_answer_from_the_prompt_cache_measures_no_prompt_speed(
+    backend: OpenAIBackend,
+) -> None:
+    # The same prompt twice: llama-server's cache holds all of it the second
+    # time, and the tokens it processes again time nothing worth a speed.
+    first, second = [(await timed_chat(backend))[0][-1] for _ in range(2)]
+
+    assert isinstance(first, ServerStats)
+    assert isinstance(second, ServerStats)
+    assert first.prompt_tokens is not None
+    assert second.prompt_cached_tokens is not None
+    assert second.prompt_tokens is not None
+    assert second.prompt_cached_tokens > second.prompt_tokens
+    assert second.prompt_cached_tokens + second.prompt_tokens == (
+        (first.prompt_cached_tokens or 0) + first.prompt_tokens
+    )
+    now = time.monotonic()
+    assert summarize(second, StreamClock(started=now), now).prompt_speed is None
+
+
+def test_health_says_ok_as_the_fake_does(llm_server: Server) -> None:
+    """GET /health, which the harness waits for: {"status": "ok"} once loaded."""
+    with urllib.request.urlopen(llm_server.url + "/health", timeout=10) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "ok"}

@@ -99,6 +99,7 @@ def stats(**values: Any) -> GenerationStats:
         "time_to_first_token": 0.1,
         "response_time": 1.0,
         "prompt_tokens": 10,
+        "prompt_cached_tokens": None,
         "completion_tokens": 10,
         "generation_speed": 10.0,
         "prompt_speed": 100.0,
