@@ -38,6 +38,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.openai import OpenAIBackend
+from tests.conftest import deadline_once
 from tests.fakes.base import Endless, Reply, closed_port_url, unanswered_url
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -749,8 +750,10 @@ async def test_stall_mid_stream_is_cancelled_by_outer_deadline(
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2):
-            await collect_into(seen, backend(session, fake.url))
+        # The first chunk, then the stall.
+        await deadline_once(
+            lambda: seen, collect_into(seen, backend(session, fake.url))
+        )
 
     assert seen == [TextDelta("one")]
 
