@@ -233,7 +233,7 @@ async def test_probe_interval_option(
 async def test_prompt_speed_unavailable_without_prompt_tokens(
     hass: HomeAssistant,
 ) -> None:
-    """llama-cpp-python reports no usage in the stream: no prompt speed ever."""
+    """A minimal server reports no usage in the stream: no prompt speed ever."""
     async with FakeOpenAI(usage_in_stream=False) as server:
         await setup_router(
             hass,
@@ -243,6 +243,25 @@ async def test_prompt_speed_unavailable_without_prompt_tokens(
         await ask(hass, "Hello")
     assert value(hass, "sensor.gpu_server_prompt_speed") == "unavailable"
     assert float(value(hass, "sensor.gpu_server_generation_speed")) > 0
+
+
+async def test_prompt_speed_kept_through_answers_from_the_prompt_cache(
+    hass: HomeAssistant,
+) -> None:
+    """llama.cpp's second turn reads the prompt from its cache: no new speed."""
+    async with FakeOpenAI(llama_cpp=True, prompt_cache=True) as server:
+        await setup_router(
+            hass, router_entry(backend("Pi", "openai", server.url, "smollm2", 1))
+        )
+        server.script(Reply(prompt_seconds=0.5), Reply(prompt_seconds=0.04))
+        await ask(hass, "Hello")
+        measured = value(hass, "sensor.pi_prompt_speed")
+        await ask(hass, "Hello")
+        [first, second] = [r["body"] for r in server.requests if "messages" in str(r)]
+
+    assert first["messages"] == second["messages"]  # so all but one word cached
+    assert float(measured) > 0
+    assert value(hass, "sensor.pi_prompt_speed") == measured
 
 
 async def test_last_error_says_why_a_backend_went_down(

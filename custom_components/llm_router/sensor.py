@@ -74,11 +74,14 @@ BACKEND_SENSORS: tuple[BackendSensorDescription, ...] = (
         native_unit_of_measurement=TOKENS_PER_SECOND,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
-        value_fn=lambda s: s.last_stats.prompt_speed if s.last_stats else None,
-        # Servers that report no prompt tokens (llama-cpp-python) never have
-        # one: unavailable, rather than unknown forever, once that shows.
+        # The last one measured: llama.cpp's answers from its prompt cache
+        # measure none. Servers that report no prompt timing (vLLM) never
+        # have one: unavailable, rather than unknown forever, once that shows.
+        value_fn=lambda s: s.prompt_speed,
         available_fn=lambda s: (
-            s.last_stats is None or s.last_stats.prompt_speed is not None
+            s.last_stats is None
+            or s.prompt_speed is not None
+            or s.last_stats.prompt_cached_tokens is not None
         ),
     ),
     BackendSensorDescription(

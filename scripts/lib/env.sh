@@ -132,3 +132,25 @@ ensure_sid_root() {
   }
   echo "$wanted" >"$stamp"
 }
+
+# On a host with its own suitable Python: the programs the sid root would
+# have given (llama-server, chromium, chromedriver), from the host's apt when
+# it has their packages and we are root; otherwise a warning naming them.
+ensure_host_packages() {
+  local -A package_of=(
+    [llama-server]=llama.cpp-tools [chromium]=chromium [chromedriver]=chromium-driver
+  )
+  local program missing=()
+  for program in "${!package_of[@]}"; do
+    command -v "$program" >/dev/null || missing+=("${package_of[$program]}")
+  done
+  ((${#missing[@]})) || return 0
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    env_log "installing ${missing[*]}"
+    apt-get update -qq
+    if apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      return 0
+    fi
+  fi
+  env_log "warning: could not install ${missing[*]}; the demo and the end-to-end tests need them"
+}

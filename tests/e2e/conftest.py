@@ -62,3 +62,11 @@ def hass(e2e_dir: Path, request: pytest.FixtureRequest) -> Iterator[HassClient]:
         yield client
     # After the stop, so that reports made while shutting down count too.
     check_no_reports(server)
+
+
+@pytest.fixture(scope="module")
+def two_slot_server(e2e_dir: Path, llm_server: Server) -> Iterator[Server]:
+    """Another llama-server, with two slots (-np 2); after llm_server's install."""
+    _allow_loopback()
+    with start_llm_server(e2e_dir / "llm-server-2-slots.log", slots=2) as server:
+        yield server

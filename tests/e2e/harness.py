@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import json
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import time
@@ -149,8 +150,8 @@ def _answers(url: str) -> bool:
 # The LLM server
 
 
-def install_llm_server(log: Path, timeout: float = 1800.0) -> None:
-    """Install llama.cpp's server and the model (quick once installed)."""
+def install_llm_server(log: Path, timeout: float = 600.0) -> None:
+    """Install the model for llama.cpp's server (seconds; quick once installed)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         try:
@@ -173,15 +174,26 @@ def install_llm_server(log: Path, timeout: float = 1800.0) -> None:
 
 
 def start_llm_server(
-    log: Path, *, timeout: float = 120.0, keep: bool = False
+    log: Path, *, slots: int = 1, timeout: float = 120.0, keep: bool = False
 ) -> Server:
-    """Serve LLM_MODEL on a free loopback port (after install_llm_server)."""
+    """Serve LLM_MODEL with that many slots on a free loopback port.
+
+    llama-server answers GET /health with 503 while it loads the model and
+    200 once it serves (after install_llm_server).
+    """
     port = free_port()
     return start_server(
         "LLM server",
-        [ROOT / "scripts" / "llm-server", "run", "--port", str(port)],
+        [
+            ROOT / "scripts" / "llm-server",
+            "run",
+            "--port",
+            str(port),
+            "--parallel",
+            str(slots),
+        ],
         port=port,
-        ready_path="/v1/models",
+        ready_path="/health",
         log=log,
         timeout=timeout,
         keep=keep,
@@ -189,9 +201,25 @@ def start_llm_server(
 
 
 def chat_completions_served(server: Server) -> int:
-    """Chat completions the LLM server has answered so far (its access log)."""
+    """Completions the LLM server has finished so far (its log).
+
+    llama-server logs no access lines; it prints the timings of each task
+    it finishes, ending with its total time.
+    """
     log = server.log.read_text(errors="replace")
-    return log.count('"POST /v1/chat/completions HTTP/1.1" 200')
+    return len(re.findall(r"print_timing: .*\btotal time\b", log))
+
+
+def llm_server_metrics(server: Server) -> dict[str, float]:
+    """llama-server's Prometheus counters and gauges (GET /metrics), by name."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        name.removeprefix("llamacpp:"): float(value)
+        for name, value in (
+            line.split() for line in text.splitlines() if line and line[0] != "#"
+        )
+    }
 
 
 # Home Assistant

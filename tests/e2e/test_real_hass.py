@@ -8,6 +8,7 @@ listens, saved without a connection test.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -19,17 +20,20 @@ import pytest
 
 from tests.e2e.harness import (
     LLM_MODEL,
+    BackendSpec,
     HarnessError,
     HassClient,
     Router,
     Server,
     add_backend,
     ask_action,
+    chat_completions_served,
     chat_log,
     converse,
     create_router,
     entry_state,
     gpu_backend_down,
+    llm_server_metrics,
     pi_backend,
     reload_router,
     remove_router,
@@ -222,3 +226,28 @@ def test_no_repair_but_home_assistants_own(hass: HassClient, setup: Setup) -> No
     assert [(i["domain"], i["issue_id"]) for i in issues] == [
         ("homeassistant", "deprecated_method")
     ]
+
+
+def test_two_turns_at_once_share_the_servers_two_slots(
+    hass: HassClient, two_slot_server: Server
+) -> None:
+    pi = BackendSpec(
+        "Pi", "openai", two_slot_server.url, LLM_MODEL, 1, options={"max_parallel": 2}
+    )
+    router = create_router(hass, next(_names), pi)
+    questions = [QUESTION, "Which plants like shade?"]
+    try:
+        with ThreadPoolExecutor(len(questions)) as pool:
+            replies = list(
+                pool.map(lambda text: converse(hass, router, text), questions)
+            )
+    finally:
+        remove_router(hass, router)
+
+    for reply in replies:
+        assert reply.response_type != "error", reply.speech
+        assert reply.speech.strip()
+    assert chat_completions_served(two_slot_server) == 2
+    # The server decoded both answers together: at some step of its batch
+    # both slots were busy, so the average over its steps is above one.
+    assert llm_server_metrics(two_slot_server)["n_busy_slots_per_decode"] > 1

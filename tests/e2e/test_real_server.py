@@ -1,9 +1,11 @@
-"""The openai backend against a real llama.cpp server (llama-cpp-python)."""
+"""The openai backend against llama.cpp's own server (llama-server)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+import json
 import time
+import urllib.request
 
 import aiohttp
 import pytest
@@ -68,14 +70,19 @@ async def test_streams_an_answer_and_measures_speed(backend: OpenAIBackend) -> N
     assert all(isinstance(delta, TextDelta) for delta in deltas)
     assert len(deltas) > 1  # streamed piece by piece, not in one block
     assert "".join(d.text for d in deltas if isinstance(d, TextDelta)).strip()
-    # llama-cpp-python sends neither usage (despite include_usage) nor
-    # timings: the speed is measured on the client, a token per chunk.
-    assert last == ServerStats(output_chunks=len(deltas))
+    # llama-server's last chunk carries usage and its timings: the counts
+    # and speeds are the server's own.
+    assert last.output_chunks == len(deltas)
     stats = summarize(last, clock, time.monotonic())
-    assert not stats.server_reported
-    assert stats.completion_tokens is None
+    assert stats.server_reported
+    assert stats.completion_tokens is not None
+    assert stats.completion_tokens > 0
+    assert stats.prompt_tokens is not None
+    assert stats.prompt_tokens > 0
     assert stats.generation_speed is not None
     assert stats.generation_speed > 0
+    assert stats.prompt_speed is not None
+    assert stats.prompt_speed > 0
     assert stats.time_to_first_token is not None
 
 
@@ -91,3 +98,30 @@ async def test_reasoning_splitter_passes_a_plain_answer_through(
 
     assert "".join(split.reasoning for split in splits) == ""
     assert "".join(split.answer for split in splits) == "".join(pieces).lstrip()
+
+
+async def test_an_answer_from_the_prompt_cache_measures_no_prompt_speed(
+    backend: OpenAIBackend,
+) -> None:
+    # The same prompt twice: llama-server's cache holds all of it the second
+    # time, and the tokens it processes again time nothing worth a speed.
+    first, second = [(await timed_chat(backend))[0][-1] for _ in range(2)]
+
+    assert isinstance(first, ServerStats)
+    assert isinstance(second, ServerStats)
+    assert first.prompt_tokens is not None
+    assert second.prompt_cached_tokens is not None
+    assert second.prompt_tokens is not None
+    assert second.prompt_cached_tokens > second.prompt_tokens
+    assert second.prompt_cached_tokens + second.prompt_tokens == (
+        (first.prompt_cached_tokens or 0) + first.prompt_tokens
+    )
+    now = time.monotonic()
+    assert summarize(second, StreamClock(started=now), now).prompt_speed is None
+
+
+def test_health_says_ok_as_the_fake_does(llm_server: Server) -> None:
+    """GET /health, which the harness waits for: {"status": "ok"} once loaded."""
+    with urllib.request.urlopen(llm_server.url + "/health", timeout=10) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "ok"}

@@ -38,6 +38,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.openai import OpenAIBackend
+from tests.conftest import deadline_once
 from tests.fakes.base import Endless, Reply, closed_port_url, unanswered_url
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -200,6 +201,31 @@ async def test_llama_cpp_timings_give_server_durations(
     # The rate the router derives is the one llama.cpp reports.
     rate = stats.completion_tokens / stats.generation_seconds
     assert rate == pytest.approx(40.0)
+
+
+async def test_llama_cpp_prompt_cache_counts_apart(
+    session: aiohttp.ClientSession,
+) -> None:
+    """llama-server times only the prompt tokens its cache did not hold."""
+    turn = ChatRequest(
+        messages=(
+            ChatMessage("system", " ".join(["You control a smart home."] * 20)),
+            ChatMessage("user", "Turn on the kitchen light"),
+        )
+    )
+    async with FakeOpenAI(llama_cpp=True, prompt_cache=True) as llama:
+        llama.script(Reply(prompt_seconds=0.4), Reply(prompt_seconds=0.04))
+        first, second = [
+            (await collect(backend(session, llama.url), turn))[-1] for _ in range(2)
+        ]
+
+    assert isinstance(first, ServerStats)
+    assert isinstance(second, ServerStats)
+    assert first.prompt_cached_tokens == 0
+    assert first.prompt_tokens == 105
+    # The same prompt again: all of it cached but the last token.
+    assert (second.prompt_cached_tokens, second.prompt_tokens) == (104, 1)
+    assert second.prompt_seconds == pytest.approx(0.04)
 
 
 async def test_stats_unknown_when_the_server_reports_none(
@@ -724,8 +750,10 @@ async def test_stall_mid_stream_is_cancelled_by_outer_deadline(
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2):
-            await collect_into(seen, backend(session, fake.url))
+        # The first chunk, then the stall.
+        await deadline_once(
+            lambda: seen, collect_into(seen, backend(session, fake.url))
+        )
 
     assert seen == [TextDelta("one")]
 

@@ -51,6 +51,24 @@ def test_prompt_speed_only_from_the_server() -> None:
     assert stats.prompt_tokens == 2000
 
 
+@pytest.mark.parametrize(
+    ("cached", "processed", "speed"),
+    [(None, 200, 400.0), (0, 200, 400.0), (100, 200, 400.0), (220, 1, None)],
+)
+def test_no_prompt_speed_from_a_mostly_cached_prompt(
+    cached: int | None, processed: int, speed: float | None
+) -> None:
+    """A few processed tokens time llama.cpp's cost per batch, not its speed."""
+    server = ServerStats(
+        prompt_tokens=processed,
+        prompt_cached_tokens=cached,
+        prompt_seconds=processed / 400.0,
+    )
+    stats = summarize(server, clock_with_output(0.0, [0.5]), 1.0)
+    assert stats.prompt_speed == (None if speed is None else pytest.approx(speed))
+    assert (stats.prompt_tokens, stats.prompt_cached_tokens) == (processed, cached)
+
+
 def test_without_a_count_each_chunk_is_a_token() -> None:
     """Not each event: one chunk can carry reasoning and text."""
     server = ServerStats(output_chunks=4)

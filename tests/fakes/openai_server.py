@@ -47,7 +47,7 @@ class FakeOpenAI(FakeServer):
     streams=False answers stream requests with a whole completion and
     usage_in_stream=False ignores stream_options, as minimal servers do;
     keepalive sends ": keep-alive" comments between chunks, as OpenRouter;
-    crlf ends SSE lines with CRLF, as sse-starlette servers (llama-cpp-python);
+    crlf ends SSE lines with CRLF, as sse-starlette servers do;
     tool_call_index=False leaves tool_calls[].index out, as Gemini does;
     api is where the API lives (Gemini: /v1beta/openai);
     refuses_stream_options answers 422 to requests with stream_options, as
@@ -55,7 +55,10 @@ class FakeOpenAI(FakeServer):
     litellm=True adds LiteLLM's /health, which runs a completion on every
     model (here it just answers as if it had);
     done_line is how the stream ends (b"data: [DONE]" without its newline,
-    or None for servers that just close after the finish_reason).
+    or None for servers that just close after the finish_reason);
+    prompt_cache=True (llama.cpp) keeps the last prompt, as llama-server
+    does: the next prompt's words in common with it are cached, not
+    processed (timings' cache_n; prompt_n counts the rest, at least one).
 
     Mutable state: loading (llama.cpp) answers 503 everywhere;
     metadata_delay holds /health and /v1/models back; models_body replaces
@@ -85,6 +88,7 @@ class FakeOpenAI(FakeServer):
         litellm: bool = False,
         api: str = "/v1",
         refuses_stream_options: bool = False,
+        prompt_cache: bool = False,
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -100,6 +104,8 @@ class FakeOpenAI(FakeServer):
         self.tool_call_index = tool_call_index
         self.done_line = done_line
         self.refuses_stream_options = refuses_stream_options
+        self.prompt_cache = prompt_cache
+        self._cached_prompt: list[str] = []
         self.loading = False
         self.metadata_delay = 0.0
         self.models_body: str | None = None
@@ -235,6 +241,9 @@ class FakeOpenAI(FakeServer):
         if reply.status != 200:
             return self._error(reply.status, reply.error or "error")
         answer = _Answer(reply, body, self.reasoning_field, self.tool_call_index)
+        if self.prompt_cache:
+            answer.cached = _common_prefix(self._cached_prompt, answer.prompt_words)
+            self._cached_prompt = answer.prompt_words
         if body.get("stream") and self.streams:
             return await self._stream(request, answer, started)
         await asyncio.sleep(reply.stall_before_first)
@@ -378,6 +387,8 @@ class _Answer:
         self.reply = reply
         self.body = body
         self.id = f"chatcmpl-fake{next(self._ids)}"
+        self.cached = 0
+        """Prompt words llama.cpp's prompt cache held."""
         self.created = int(time.time())
         self.deltas: list[dict[str, Any]] = []
         think_pieces = words(reply.thinking)
@@ -419,11 +430,7 @@ class _Answer:
         """The OpenAI usage object."""
         prompt = self.reply.prompt_tokens
         if prompt is None:
-            prompt = sum(
-                len(words(message["content"]))
-                for message in self.body["messages"]
-                if isinstance(message.get("content"), str)
-            )
+            prompt = len(self.prompt_words)
         completion = self.reply.completion_tokens
         if completion is None:
             completion = len(self.deltas)
@@ -432,6 +439,16 @@ class _Answer:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+
+    @property
+    def prompt_words(self) -> list[str]:
+        """The prompt as the fake tokenizes it: its messages' words."""
+        return [
+            word
+            for message in self.body["messages"]
+            if isinstance(message.get("content"), str)
+            for word in words(message["content"])
+        ]
 
     def timings(
         self, prompt_seconds: float, generation_seconds: float
@@ -443,9 +460,12 @@ class _Answer:
             generation_seconds = self.reply.generation_seconds
         usage = self.usage
         prompt_n, predicted_n = usage["prompt_tokens"], usage["completion_tokens"]
+        # llama-server always processes the prompt's last token again.
+        cache_n = min(self.cached, prompt_n - 1) if prompt_n else 0
+        prompt_n -= cache_n
         prompt_ms, predicted_ms = prompt_seconds * 1000, generation_seconds * 1000
         return {
-            "cache_n": 0,
+            "cache_n": cache_n,
             "prompt_n": prompt_n,
             "prompt_ms": prompt_ms,
             "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
@@ -482,6 +502,12 @@ def _call_deltas(index: int | None, call: dict[str, Any]) -> list[dict[str, Any]
             for piece in pieces
         ),
     ]
+
+
+def _common_prefix(first: list[str], second: list[str]) -> int:
+    """How many leading items the two lists share."""
+    same = (a == b for a, b in zip(first, second, strict=False))
+    return sum(1 for _ in itertools.takewhile(bool, same))
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -145,6 +145,9 @@ class ServerStats:
     """What the server reported about a finished generation; None = unknown."""
 
     prompt_tokens: int | None = None
+    """Prompt tokens the server processed (those from its cache not counted)."""
+    prompt_cached_tokens: int | None = None
+    """Prompt tokens the server took from its cache instead (llama.cpp)."""
     completion_tokens: int | None = None
     prompt_seconds: float | None = None
     generation_seconds: float | None = None

@@ -436,6 +436,7 @@ class _Stream:
             if isinstance(timings := chunk.get("timings"), dict):  # llama.cpp
                 self._timings = ServerStats(
                     prompt_tokens=_count(timings.get("prompt_n")),
+                    prompt_cached_tokens=_count(timings.get("cache_n")),
                     completion_tokens=_count(timings.get("predicted_n")),
                     prompt_seconds=_seconds(timings.get("prompt_ms")),
                     generation_seconds=_seconds(timings.get("predicted_ms")),

@@ -155,6 +155,8 @@ class BackendState:
     """Requests not sent because the breaker was open."""
     failed_probes: int = 0
     last_stats: GenerationStats | None = None
+    prompt_speed: float | None = None
+    """The last prompt speed measured (an answer from the cache measures none)."""
     last_first_word: float | None = None
     """Seconds from the request to the first answer word, last answer."""
     last_error: BackendError | None = None
@@ -495,6 +497,8 @@ class Router:
         self._set_online(state, None)
         state.requests += 1
         state.last_stats = attempt.stats
+        if attempt.stats.prompt_speed is not None:
+            state.prompt_speed = attempt.stats.prompt_speed
         if attempt.first_word is not None:
             state.last_first_word = attempt.first_word - attempt.queued
         state.breaker.record_success()

@@ -24,6 +24,8 @@ class GenerationStats:
     """Request sent to the end of the stream."""
     prompt_tokens: int | None
     """As the server counts them; None when it does not say."""
+    prompt_cached_tokens: int | None
+    """Prompt tokens the server took from its cache; None when it does not say."""
     completion_tokens: int | None
     """As the server counts them, reasoning included; None when it does not say."""
     generation_speed: float | None
@@ -34,7 +36,9 @@ class GenerationStats:
     prompt_speed: float | None
     """Prompt tokens per second of prompt processing, as the server reports it;
     None otherwise (the time to the first token also holds queueing, model
-    loading and the network)."""
+    loading and the network), and None when the server's cache held most of
+    the prompt: the few tokens it processed time its fixed cost per batch,
+    not its speed (a second turn of a conversation: 1 token in 40 ms)."""
     load_time: float | None
     server_reported: bool
     """Whether generation_speed is the server's own."""
@@ -61,6 +65,11 @@ def _rate(count: int | None, seconds: float | None) -> float | None:
     return count / seconds
 
 
+def _mostly_cached(server: ServerStats) -> bool:
+    cached, processed = server.prompt_cached_tokens, server.prompt_tokens
+    return cached is not None and processed is not None and cached > processed
+
+
 def summarize(
     server: ServerStats, clock: StreamClock, finished: float
 ) -> GenerationStats:
@@ -80,9 +89,12 @@ def summarize(
         time_to_first_token=ttft,
         response_time=finished - clock.started,
         prompt_tokens=server.prompt_tokens,
+        prompt_cached_tokens=server.prompt_cached_tokens,
         completion_tokens=server.completion_tokens,
         generation_speed=generation_speed,
-        prompt_speed=_rate(server.prompt_tokens, server.prompt_seconds),
+        prompt_speed=None
+        if _mostly_cached(server)
+        else _rate(server.prompt_tokens, server.prompt_seconds),
         load_time=server.load_seconds,
         server_reported=server_reported,
     )
