@@ -522,7 +522,7 @@ class BackendSpec:
     skip_check: bool = False
     """Save without testing the connection (for a server that is down)."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """More fields of the model step (max_parallel, think, ...)."""
+    """More fields of the model step (max_parallel, thinking, ...), flat."""
 
     def connection(self) -> dict[str, Any]:
         """Fields of the step that tests the connection."""
@@ -599,7 +599,8 @@ def run_flow(
                 f"{base}: expected form {step_id!r}, got {_flow_summary(result)}; "
                 f"see {client.server.log}"
             )
-        result = client.post(f"{base}/{result['flow_id']}", dict(data))
+        sent = form_data(result["data_schema"], data)
+        result = client.post(f"{base}/{result['flow_id']}", sent)
         if result.get("type") == "form" and result.get("errors"):
             raise HarnessError(
                 f"{base}: step {step_id!r} refused: {result['errors']}; "
@@ -611,6 +612,31 @@ def run_flow(
             f"see {client.server.log}"
         )
     return result
+
+
+def form_data(
+    form: Sequence[Mapping[str, Any]], data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Data for a shown form as the browser sends it: each section's fields
+    nested in it, unless data has the section's dict; fields not given are
+    left to their defaults."""
+    sent: dict[str, Any] = {}
+    used: set[str] = set()
+    for shown in form:
+        name = shown["name"]
+        if shown.get("type") == "expandable" and name in data:
+            sent[name] = data[name]
+            used.add(name)
+        elif shown.get("type") == "expandable":
+            inner = {f["name"] for f in shown["schema"]} & data.keys()
+            sent[name] = {k: data[k] for k in inner}
+            used |= inner
+        elif name in data:
+            sent[name] = data[name]
+            used.add(name)
+    if unknown := data.keys() - used:
+        raise HarnessError(f"the form has no fields {sorted(unknown)}")
+    return sent
 
 
 def _flow_summary(result: Mapping[str, Any]) -> str:
@@ -648,7 +674,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     # The new subentry reloads the entry later; until then the old router,
     # without this backend, is still loaded and answering.
     wait_until(
-        lambda: backend.name in _running_backends(client, router),
+        lambda: backend.name in running_backends(client, router),
         timeout=60,
         what=f"router {router.name!r} to run with backend {backend.name!r}",
         server=client.server,
@@ -656,7 +682,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     wait_loaded(client, router)
 
 
-def _running_backends(client: HassClient, router: Router) -> set[str]:
+def running_backends(client: HassClient, router: Router) -> set[str]:
     """Backends of the router as loaded now (none while it reloads)."""
     try:
         diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")
