@@ -290,6 +290,9 @@ def check_attempt(attempt: Attempt, handed: list[Handed], where: str) -> None:
     elif attempt.error_kind is ErrorKind.TIMED_OUT:
         # On a busy event loop any request may miss a deadline this short.
         assert len(handed) <= 2, where
+    elif attempt.error == "connection failed: Server disconnected":
+        # Dropped before any answer: sent once more on a new connection.
+        assert handed in ([Handed.FAULT], [Handed.FAULT, Handed.FAULT]), where
     else:
         assert handed == [Handed.FAULT], where
 

@@ -228,6 +228,23 @@ async def test_llama_cpp_prompt_cache_counts_apart(
     assert second.prompt_seconds == pytest.approx(0.04)
 
 
+async def test_a_connection_the_server_closed_after_a_stream_is_not_a_failure(
+    session: aiohttp.ClientSession,
+) -> None:
+    """llama-server closes the connection after each streamed answer.
+
+    The next request, sent at once on the pooled connection, found it
+    closed ("Server disconnected") and failed; it goes once more on a new one.
+    """
+    async with FakeOpenAI(llama_cpp=True, closes_after_stream=True) as llama:
+        target = backend(session, llama.url)
+        answers = [text_of(await collect(target), TextDelta) for _ in range(3)]
+        await target.probe()
+
+    assert answers == ["Hello from the fake."] * 3
+    assert len(llama.chat_bodies) == 3
+
+
 async def test_stats_unknown_when_the_server_reports_none(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -596,10 +613,12 @@ async def test_tls_to_a_plain_http_server_is_unreachable(
 async def test_closed_before_answering_is_unreachable(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
-    fake.script(Reply(drop_after_chunks=0))
+    # Closed before an answer twice: a stale connection is ruled out.
+    fake.script(Reply(drop_after_chunks=0), Reply(drop_after_chunks=0))
 
     with pytest.raises(BackendUnreachable, match="Server disconnected"):
         await collect(backend(session, fake.url))
+    assert len(fake.chat_bodies) == 2
 
 
 async def test_dropped_mid_stream_is_bad_response(
