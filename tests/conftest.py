@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 import logging
 from typing import Any
 
@@ -17,7 +17,12 @@ from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotEx
 from syrupy.assertion import SnapshotAssertion
 
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
-from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
+from custom_components.llm_router.const import (
+    CONFIG_ENTRY_VERSION,
+    DOMAIN,
+    SUBENTRY_BACKEND,
+)
+from custom_components.llm_router.forms import nest
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -83,7 +88,7 @@ def backend(
         "max_parallel": 1,
         "connect_timeout": 3.0,
         "first_token_timeout": 30.0,
-        "think": False,
+        "thinking": "off",
         # Loading models in the background would race the tests' fakes;
         # tests of warm models turn it on.
         "keep_warm": False,
@@ -91,15 +96,25 @@ def backend(
     }
 
 
+def form_input(form: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """Fields for a shown form, nested in its sections as the browser sends them.
+
+    Fields not given keep their defaults, as in the browser.
+    """
+    return nest(form["data_schema"], fields)
+
+
 def router_entry(
     *backends: dict[str, Any],
     llm_api: list[str] | None = None,
     entry_id: str = "router",
+    version: int = CONFIG_ENTRY_VERSION,
     **options: Any,
 ) -> MockConfigEntry:
     """A router config entry with these backends as subentries."""
     return MockConfigEntry(
         domain=DOMAIN,
+        version=version,
         title="LLM Router",
         entry_id=entry_id,
         data={},

@@ -7,7 +7,7 @@ from typing import Any
 
 from homeassistant.config_entries import SOURCE_USER, ConfigEntryState
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.data_entry_flow import FlowResultType, section
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -15,7 +15,13 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.llm_router import config_flow
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
-from tests.conftest import backend, gpu_and_pi, router_entry, setup_router
+from tests.conftest import (
+    backend,
+    form_input,
+    gpu_and_pi,
+    router_entry,
+    setup_router,
+)
 from tests.fakes.base import Endless, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -26,10 +32,11 @@ MODEL_STEP = {
     "max_parallel": 1,
     "connect_timeout": 3,
     "first_token_timeout": 30,
-    "think": False,
+    "thinking": "off",
     "keep_alive": "30m",
     "num_ctx": 4096,
 }
+"""Model step fields, flat; form_input nests them in the form's sections."""
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +66,7 @@ async def test_create_router_with_first_backend(
     assert sorted(options) == ["gemma2:latest", "llama3.2:latest", "qwen3:latest"]
 
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], MODEL_STEP
+        result["flow_id"], form_input(result, **MODEL_STEP)
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["title"] == "Home"
@@ -76,7 +83,6 @@ async def test_create_router_with_first_backend(
         "connect_timeout": 3,
         "first_token_timeout": 30,
         "always_on": True,
-        "think_auto": False,
         "max_tokens": 512,
     }
     assert entry.state is ConfigEntryState.LOADED
@@ -125,7 +131,8 @@ async def test_model_step_model_not_found(
 ) -> None:
     result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {**MODEL_STEP, "model": "deepseek-r1:1.5b"}
+        result["flow_id"],
+        form_input(result, **{**MODEL_STEP, "model": "deepseek-r1:1.5b"}),
     )
     assert result["type"] is FlowResultType.FORM
     assert result["errors"] == {"model": "model_not_found"}
@@ -137,15 +144,12 @@ async def test_openai_backend_custom_model_checked_against_list(
     result = await start_flow(
         hass, {"name": "GPU", "kind": "openai", "url": openai.url}
     )
-    model_step = {
-        k: v for k, v in MODEL_STEP.items() if k not in ("keep_alive", "num_ctx")
-    }
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {**model_step, "model": "other"}
+        result["flow_id"], form_input(result, **{**MODEL_STEP, "model": "other"})
     )
     assert result["errors"] == {"model": "model_not_found"}
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {**model_step, "model": "fake-model"}
+        result["flow_id"], form_input(result, **{**MODEL_STEP, "model": "fake-model"})
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     (subentry,) = result["result"].subentries.values()
@@ -158,7 +162,7 @@ async def test_model_step_server_gone(hass: HomeAssistant) -> None:
     result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": server.url})
     await server.stop()
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], MODEL_STEP
+        result["flow_id"], form_input(result, **MODEL_STEP)
     )
     assert result["errors"] == {"base": "cannot_connect"}
 
@@ -171,16 +175,60 @@ async def test_model_step_invalid_auth(hass: HomeAssistant) -> None:
         )
         server.api_key = "rotated"
         result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {k: v for k, v in MODEL_STEP.items() if k not in ("keep_alive", "num_ctx")},
+            result["flow_id"], form_input(result, **MODEL_STEP)
         )
     assert result["errors"] == {"base": "invalid_auth"}
 
 
-def field_default(result: Any, name: str) -> Any:
-    """The default a shown form gives one of its fields."""
-    marker = next(k for k in result["data_schema"].schema if k == name)
+def markers(result: Any) -> dict[str, Any]:
+    """A shown form's fields by name, those in sections too."""
+    found = {}
+    for marker, value in result["data_schema"].schema.items():
+        if isinstance(value, section):
+            found.update({str(m): m for m in value.schema.schema})
+        else:
+            found[str(marker)] = marker
+    return found
+
+
+def form_field(result: Any, name: str) -> Any:
+    """The selector of one of a shown form's fields, in a section or not."""
+    for marker, value in result["data_schema"].schema.items():
+        if isinstance(value, section):
+            if name in value.schema.schema:
+                return value.schema.schema[name]
+        elif str(marker) == name:
+            return value
+    raise KeyError(name)
+
+
+def shown_value(result: Any, name: str) -> Any:
+    """The value a shown form fills one of its fields with."""
+    marker = markers(result)[name]
+    if (description := marker.description) and "suggested_value" in description:
+        return description["suggested_value"]
     return marker.default()
+
+
+def sections(result: Any) -> dict[str, tuple[list[str], bool]]:
+    """A shown form's sections: their fields in order, and whether collapsed."""
+    return {
+        str(marker): (
+            [str(m) for m in value.schema.schema],
+            value.options["collapsed"],
+        )
+        for marker, value in result["data_schema"].schema.items()
+        if isinstance(value, section)
+    }
+
+
+def top_fields(result: Any) -> list[str]:
+    """A shown form's fields outside its sections, in order."""
+    return [
+        str(marker)
+        for marker, value in result["data_schema"].schema.items()
+        if not isinstance(value, section)
+    ]
 
 
 async def router_with_pi(hass: HomeAssistant, ollama: FakeOllama) -> MockConfigEntry:
@@ -206,17 +254,17 @@ async def test_add_backend(
     )
     assert result["step_id"] == "model"
     # After the Pi's priority 2, not tied with it.
-    assert field_default(result, "priority") == 3
+    assert shown_value(result, "priority") == 3
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
-        {
-            "model": "fake-model",
-            "priority": 1,
-            "max_parallel": 4,
-            "connect_timeout": 2,
-            "first_token_timeout": 20,
-            "think": False,
-        },
+        form_input(
+            result,
+            model="fake-model",
+            priority=1,
+            max_parallel=4,
+            connect_timeout=2,
+            first_token_timeout=20,
+        ),
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     await hass.async_block_till_done()
@@ -247,15 +295,7 @@ async def test_add_backend_that_is_switched_off(
     )
     assert result["step_id"] == "model"
     result = await hass.config_entries.subentries.async_configure(
-        result["flow_id"],
-        {
-            "model": "qwen2.5:14b",
-            "priority": 1,
-            "max_parallel": 1,
-            "connect_timeout": 3,
-            "first_token_timeout": 30,
-            "think": False,
-        },
+        result["flow_id"], form_input(result, model="qwen2.5:14b", priority=1)
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     await hass.async_block_till_done()
@@ -273,13 +313,14 @@ async def test_reconfigure_backend(hass: HomeAssistant, ollama: FakeOllama) -> N
     # Its own title, naming the backend; the server answers, so it is tested.
     assert result["step_id"] == "reconfigure"
     assert result["description_placeholders"]["backend"] == "Pi"
-    assert field_default(result, "skip_check") is False
+    assert shown_value(result, "skip_check") is False
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
     )
     assert result["step_id"] == "model"
     result = await hass.config_entries.subentries.async_configure(
-        result["flow_id"], {**MODEL_STEP, "model": "qwen3:latest", "priority": 5}
+        result["flow_id"],
+        form_input(result, **{**MODEL_STEP, "model": "qwen3:latest", "priority": 5}),
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "reconfigure_successful"
@@ -298,23 +339,16 @@ async def test_reconfigure_switched_off_backend(hass: HomeAssistant) -> None:
     (subentry_id,) = entry.subentries
     result = await entry.start_subentry_reconfigure_flow(hass, subentry_id)
     # It cannot be tested now: saving without the test is offered at once.
-    assert field_default(result, "skip_check") is True
+    assert shown_value(result, "skip_check") is True
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
         {"name": "GPU server", "kind": "openai", "url": url, "skip_check": True},
     )
     assert result["step_id"] == "model"
-    assert field_default(result, "model") == "qwen2.5:14b"
+    assert shown_value(result, "model") == "qwen2.5:14b"
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
-        {
-            "model": "qwen2.5:14b",
-            "priority": 1,
-            "max_parallel": 2,
-            "connect_timeout": 3,
-            "first_token_timeout": 30,
-            "think": False,
-        },
+        form_input(result, model="qwen2.5:14b", priority=1, max_parallel=2),
     )
     assert result["type"] is FlowResultType.ABORT
     assert entry.subentries[subentry_id].data["max_parallel"] == 2
@@ -334,11 +368,21 @@ async def test_options(hass: HomeAssistant, ollama: FakeOllama) -> None:
     entry = await router_with_pi(hass, ollama)
     result = await hass.config_entries.options.async_init(entry.entry_id)
     assert result["type"] is FlowResultType.FORM
+    # Policy and LLM API first; the timing knobs folded away.
+    assert top_fields(result) == ["policy", "llm_hass_api", "prompt", "max_history"]
+    assert sections(result) == {
+        "timing": (
+            ["latency_budget", "hedging", "turn_timeout", "probe_interval"],
+            True,
+        )
+    }
     result = await hass.config_entries.options.async_configure(
-        result["flow_id"], {"max_history": 3, "policy": "ordered", "probe_interval": 60}
+        result["flow_id"],
+        form_input(result, max_history=3, policy="ordered", probe_interval=60),
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     await hass.async_block_till_done()
+    # Stored flat.
     assert entry.options == {
         "prompt": "",
         "llm_hass_api": [],
@@ -366,11 +410,15 @@ async def test_routing_options_reach_the_router(
     }
     # The Pi's first-token timeout is 30 s: a shorter turn could never wait for it.
     result = await hass.config_entries.options.async_configure(
-        result["flow_id"], {**fields, "turn_timeout": 20}
+        result["flow_id"], form_input(result, **fields, turn_timeout=20)
     )
-    assert result["errors"] == {"turn_timeout": "turn_timeout_too_short"}
+    # Shown above the timing section, which opens; what was typed stays.
+    assert result["errors"] == {"timing": "turn_timeout_too_short"}
+    assert sections(result)["timing"][1] is False
+    assert shown_value(result, "latency_budget") == 2.5
+    assert shown_value(result, "policy") == "local_first"
     result = await hass.config_entries.options.async_configure(
-        result["flow_id"], {**fields, "turn_timeout": 600}
+        result["flow_id"], form_input(result, **fields, turn_timeout=600)
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     await hass.async_block_till_done()
@@ -378,6 +426,26 @@ async def test_routing_options_reach_the_router(
     assert (router.settings.turn_timeout, router.settings.latency_budget) == (600, 2.5)
     assert router.settings.hedging
     assert type(router.policy).__name__ == "LocalFirstPolicy"
+
+
+async def test_options_show_the_current_values(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend("Pi", "ollama", ollama.url, "llama3.2", 2),
+            policy="fastest",
+            turn_timeout=300.0,
+            hedging=True,
+            prompt="Be brief.",
+        ),
+    )
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert [
+        shown_value(result, name)
+        for name in ("policy", "prompt", "turn_timeout", "hedging", "max_history")
+    ] == ["fastest", "Be brief.", 300.0, True, 10]
 
 
 async def test_first_token_timeout_beyond_the_turn_timeout_is_refused(
@@ -390,18 +458,33 @@ async def test_first_token_timeout_beyond_the_turn_timeout_is_refused(
         result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
     )
     result = await hass.config_entries.subentries.async_configure(
-        result["flow_id"], {**MODEL_STEP, "first_token_timeout": 300}
+        result["flow_id"],
+        form_input(result, **{**MODEL_STEP, "first_token_timeout": 300}),
     )
-    assert result["errors"] == {"first_token_timeout": "exceeds_turn_timeout"}
+    # Shown above its section, which opens; the others stay folded.
+    assert result["errors"] == {"deadlines": "exceeds_turn_timeout"}
+    assert {name: collapsed for name, (_, collapsed) in sections(result).items()} == {
+        "answer": True,
+        "deadlines": False,
+        "model_memory": True,
+        "power": True,
+    }
+    assert shown_value(result, "first_token_timeout") == 300
     result = await hass.config_entries.subentries.async_configure(
         result["flow_id"],
-        {**MODEL_STEP, "max_tokens": 64, "think_auto": True, "keep_warm": False},
+        form_input(
+            result,
+            **{**MODEL_STEP, "thinking": "auto"},
+            max_tokens=64,
+            keep_warm=False,
+        ),
     )
     assert result["type"] is FlowResultType.ABORT
     await hass.async_block_till_done()
     config = entry.runtime_data.router.states["Pi"].config
-    assert (config.max_tokens, config.think_auto, config.keep_warm) == (
+    assert (config.max_tokens, config.think, config.think_auto, config.keep_warm) == (
         64,
+        False,
         True,
         False,
     )
@@ -413,9 +496,12 @@ async def test_model_step_invalid_keep_alive(
 ) -> None:
     result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {**MODEL_STEP, "keep_alive": keep_alive}
+        result["flow_id"],
+        form_input(result, **{**MODEL_STEP, "keep_alive": keep_alive}),
     )
-    assert result["errors"] == {"keep_alive": "invalid_keep_alive"}
+    assert result["errors"] == {"model_memory": "invalid_keep_alive"}
+    assert sections(result)["model_memory"][1] is False
+    assert shown_value(result, "keep_alive") == keep_alive
 
 
 async def test_keep_alive_in_seconds_is_sent_as_a_number(
@@ -423,7 +509,7 @@ async def test_keep_alive_in_seconds_is_sent_as_a_number(
 ) -> None:
     result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {**MODEL_STEP, "keep_alive": "-1"}
+        result["flow_id"], form_input(result, **{**MODEL_STEP, "keep_alive": "-1"})
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     await hass.services.async_call(
@@ -440,9 +526,6 @@ async def test_connection_tests_end_however_slowly_a_server_answers(
     dribbling = Endless(head=b'{"data": [', dribble=0.02)
     openai.endless["/v1/models"] = dribbling
     server = {"name": "GPU", "kind": "openai", "url": openai.url}
-    model_step = {
-        k: v for k, v in MODEL_STEP.items() if k not in ("keep_alive", "num_ctx")
-    }
     async with asyncio.timeout(10):  # a bound on a hang, not a measurement
         result = await start_flow(hass, server)
         assert result["errors"] == {"base": "cannot_connect"}
@@ -454,6 +537,164 @@ async def test_connection_tests_end_however_slowly_a_server_answers(
         assert result["step_id"] == "model"
         openai.endless["/v1/models"] = dribbling
         result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {**model_step, "model": "fake-model"}
+            result["flow_id"],
+            form_input(result, **{**MODEL_STEP, "model": "fake-model"}),
         )
         assert result["errors"] == {"base": "cannot_connect"}
+
+
+async def test_model_step_shows_the_essentials_and_folds_the_rest(
+    hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
+) -> None:
+    entry = await router_with_pi(hass, ollama)
+    subentries = hass.config_entries.subentries
+    shown = {}
+    for kind, url in (("ollama", ollama.url), ("openai", openai.url)):
+        result = await subentries.async_init(
+            (entry.entry_id, SUBENTRY_BACKEND), context={"source": SOURCE_USER}
+        )
+        result = await subentries.async_configure(
+            result["flow_id"], {"name": f"New {kind}", "kind": kind, "url": url}
+        )
+        assert top_fields(result) == ["model", "priority"]
+        thinking = markers(result)["thinking"]
+        shown[kind] = (
+            sections(result),
+            form_field(result, "thinking").config["options"],
+        )
+        assert thinking.default() == "off"
+        subentries.async_abort(result["flow_id"])
+    common = {
+        "answer": (["thinking", "max_tokens"], True),
+        "deadlines": (
+            ["max_parallel", "connect_timeout", "first_token_timeout"],
+            True,
+        ),
+        "power": (["always_on"], True),
+    }
+    assert shown["ollama"] == (
+        {**common, "model_memory": (["keep_warm", "keep_alive", "num_ctx"], True)},
+        ["off", "on", "auto"],
+    )
+    # Nothing of keeping a model loaded, and no thinking "when fast enough":
+    # only Ollama can leave thinking out of a request.
+    assert shown["openai"] == (common, ["off", "on"])
+    # Sections in this order.
+    assert list(shown["ollama"][0]) == ["answer", "deadlines", "model_memory", "power"]
+
+
+async def test_every_section_is_stored_flat_and_reaches_the_router(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": ollama.url})
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            "model": "qwen3:latest",
+            "priority": 3,
+            "answer": {"thinking": "auto", "max_tokens": 256},
+            "deadlines": {
+                "max_parallel": 2,
+                "connect_timeout": 1.5,
+                "first_token_timeout": 45,
+            },
+            "model_memory": {"keep_warm": True, "keep_alive": "-1", "num_ctx": 2048},
+            "power": {"always_on": False},
+        },
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    entry = result["result"]
+    (subentry,) = entry.subentries.values()
+    assert subentry.data == {
+        "name": "Pi",
+        "kind": "ollama",
+        "url": ollama.url,
+        "model": "qwen3:latest",
+        "priority": 3,
+        "thinking": "auto",
+        "max_tokens": 256,
+        "max_parallel": 2,
+        "connect_timeout": 1.5,
+        "first_token_timeout": 45,
+        "keep_warm": True,
+        "keep_alive": "-1",
+        "num_ctx": 2048,
+        "always_on": False,
+    }
+    config = entry.runtime_data.router.states["Pi"].config
+    assert (config.think, config.think_auto, config.max_tokens) == (False, True, 256)
+    assert (config.max_parallel, config.connect_timeout) == (2, 1.5)
+    assert (config.keep_warm, config.keep_alive, config.num_ctx) == (True, -1, 2048)
+    assert entry.runtime_data.coordinators["Pi"].always_on is False
+
+
+async def test_reconfigure_shows_every_section_with_the_current_values(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    stored = {
+        "thinking": "on",
+        "max_tokens": 300,
+        "max_parallel": 3,
+        "connect_timeout": 2.0,
+        "first_token_timeout": 50.0,
+        "keep_warm": True,
+        "keep_alive": "24h",
+        "num_ctx": 16384,
+        "always_on": False,
+    }
+    entry = await setup_router(
+        hass, router_entry(backend("Pi", "ollama", ollama.url, "qwen3", 4, **stored))
+    )
+    result = await entry.start_subentry_reconfigure_flow(hass, "pi")
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"], {"name": "Pi", "kind": "ollama", "url": ollama.url}
+    )
+    assert result["step_id"] == "model"
+    assert all(collapsed for _, collapsed in sections(result).values())
+    shown = {name: shown_value(result, name) for name in markers(result)}
+    assert shown == {
+        "model": "qwen3",
+        "priority": 4,
+        **stored,
+    }
+    # Saved unchanged, as the browser sends it back.
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"], form_input(result, **shown)
+    )
+    assert result["reason"] == "reconfigure_successful"
+    assert dict(entry.subentries["pi"].data) == {
+        "name": "Pi",
+        "kind": "ollama",
+        "url": ollama.url,
+        "model": "qwen3",
+        "priority": 4,
+        **stored,
+    }
+
+
+async def test_reconfigure_to_another_server_type_keeps_what_applies(
+    hass: HomeAssistant, ollama: FakeOllama, openai: FakeOpenAI
+) -> None:
+    entry = await setup_router(
+        hass,
+        router_entry(
+            backend(
+                "Pi", "ollama", ollama.url, "qwen3", 1, thinking="auto", num_ctx=4096
+            )
+        ),
+    )
+    result = await entry.start_subentry_reconfigure_flow(hass, "pi")
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"], {"name": "Pi", "kind": "openai", "url": openai.url}
+    )
+    # Thinking "when fast enough" is Ollama's: elsewhere the model thinks.
+    assert shown_value(result, "thinking") == "on"
+    assert "num_ctx" not in markers(result)
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"],
+        form_input(result, model="fake-model", priority=1, thinking="on"),
+    )
+    assert result["reason"] == "reconfigure_successful"
+    data = entry.subentries["pi"].data
+    assert (data["kind"], data["thinking"]) == ("openai", "on")
+    assert "num_ctx" not in data

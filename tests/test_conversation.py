@@ -149,7 +149,7 @@ async def test_router_without_backends(hass: HomeAssistant) -> None:
         (
             "openai_no_opening_tag",
             Reply(thinking="Lamp status?", inline_think="open", text="It is on."),
-            {"think": True},
+            {"thinking": "on"},
         ),
     ],
 )
@@ -158,7 +158,11 @@ async def test_reasoning_is_never_spoken(
 ) -> None:
     if kind.startswith("ollama"):
         server: FakeOllama | FakeOpenAI = FakeOllama()
-        data = pi("", model="qwen3", think=kind == "ollama_thinking_field")
+        data = pi(
+            "",
+            model="qwen3",
+            thinking="on" if kind == "ollama_thinking_field" else "off",
+        )
     else:
         field = "reasoning" if kind == "openai_reasoning" else "reasoning_content"
         server = FakeOpenAI(reasoning_field=field)

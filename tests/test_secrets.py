@@ -13,7 +13,7 @@ from pytest_homeassistant_custom_component.components.diagnostics import (
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.llm_router.const import DOMAIN
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, form_input, router_entry, setup_router
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -47,14 +47,7 @@ async def test_reconfigure_keeps_the_api_key_without_showing_it(
         assert result["step_id"] == "model"
         result = await subentries.async_configure(
             result["flow_id"],
-            {
-                "model": "fake-model",
-                "priority": 1,
-                "max_parallel": 2,
-                "connect_timeout": 3,
-                "first_token_timeout": 30,
-                "think": False,
-            },
+            form_input(result, model="fake-model", priority=1, max_parallel=2),
         )
         assert result["reason"] == "reconfigure_successful"
         assert entry.subentries["gpu_server"].data["api_key"] == KEY

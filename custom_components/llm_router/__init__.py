@@ -30,6 +30,7 @@ from .issues import (
     async_known_backends,
     invalid_url_issue_id,
 )
+from .migration import async_migrate
 from .runtime import LLMRouterConfigEntry, create_router
 from .services import async_setup_services
 
@@ -46,6 +47,12 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Register the actions and load the backends' downtime, once for all."""
     async_setup_services(hass)
     hass.data[DATA_DOWNTIME] = await Downtime.async_load(hass)
+    return True
+
+
+async def async_migrate_entry(hass: HomeAssistant, entry: LLMRouterConfigEntry) -> bool:
+    """Bring an entry stored by an older version up to date."""
+    async_migrate(hass, entry)
     return True
 
 

@@ -29,14 +29,10 @@ from homeassistant.data_entry_flow import section
 from homeassistant.helpers import llm
 from homeassistant.helpers.selector import (
     BooleanSelector,
-    NumberSelector,
-    NumberSelectorConfig,
-    NumberSelectorMode,
     SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
-    TemplateSelector,
     TextSelector,
     TextSelectorConfig,
     TextSelectorType,
@@ -44,35 +40,23 @@ from homeassistant.helpers.selector import (
 import probatio
 
 from .const import (
-    CONF_ALWAYS_ON,
     CONF_BACKEND,
-    CONF_CONNECT_TIMEOUT,
     CONF_FIRST_TOKEN_TIMEOUT,
     CONF_HEDGING,
     CONF_KEEP_ALIVE,
-    CONF_KEEP_WARM,
     CONF_KIND,
     CONF_LATENCY_BUDGET,
     CONF_MAX_HISTORY,
-    CONF_MAX_PARALLEL,
-    CONF_MAX_TOKENS,
-    CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
     CONF_PROBE_INTERVAL,
     CONF_PROMPT,
     CONF_SKIP_CHECK,
-    CONF_THINK,
-    CONF_THINK_AUTO,
     CONF_TURN_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
+    CONFIG_ENTRY_VERSION,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
-    DEFAULT_KEEP_ALIVE,
     DEFAULT_LATENCY_BUDGET,
     DEFAULT_MAX_HISTORY,
-    DEFAULT_MAX_PARALLEL,
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_NUM_CTX,
     DEFAULT_PRIORITY,
     DEFAULT_PROBE_INTERVAL,
     DEFAULT_ROUTER_NAME,
@@ -86,9 +70,17 @@ from .engine.models import BackendKind
 from .engine.ollama import parse_keep_alive
 from .engine.policy import PolicyName
 from .engine.urls import InvalidURL, normalize_url, without_credentials
+from .forms import (
+    BACKEND_SECTIONS,
+    MAX_PRIORITY,
+    SECTION_TIMING,
+    flatten,
+    model_form,
+    model_values,
+    nest,
+    options_form,
+)
 from .runtime import backend_config, backend_subentries, create_backend
-
-MAX_PRIORITY = 100
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_PROMPT: llm.DEFAULT_INSTRUCTIONS_PROMPT,
@@ -100,6 +92,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     CONF_LATENCY_BUDGET: DEFAULT_LATENCY_BUDGET,
     CONF_HEDGING: False,
 }
+
+
+def _model_input(user_input: Mapping[str, Any]) -> dict[str, Any]:
+    """The model step's input, flat as it is stored."""
+    return flatten(user_input, (s.key for s in BACKEND_SECTIONS))
 
 
 def _api_key_field() -> TextSelector:
@@ -129,110 +126,6 @@ def _server_fields(defaults: Mapping[str, Any]) -> dict[probatio.Marker, Any]:
         # Never sent back to the browser; reconfiguring keeps it when left empty.
         probatio.Optional(CONF_API_KEY): _api_key_field(),
     }
-
-
-def _seconds(maximum: float) -> NumberSelector:
-    return NumberSelector(
-        NumberSelectorConfig(
-            min=0.5,
-            max=maximum,
-            step=0.5,
-            unit_of_measurement="s",
-            mode=NumberSelectorMode.BOX,
-        )
-    )
-
-
-def _model_schema(
-    kind: BackendKind, models: list[str], defaults: Mapping[str, Any]
-) -> probatio.Schema:
-    """Fields that say which model to use and how."""
-
-    def default(key: str, fallback: Any) -> Any:
-        return defaults.get(key, fallback)
-
-    fields: dict[probatio.Marker, Any] = {
-        probatio.Required(
-            CONF_MODEL, default=default(CONF_MODEL, probatio.UNDEFINED)
-        ): (
-            SelectSelector(
-                SelectSelectorConfig(
-                    options=models,
-                    custom_value=True,
-                    mode=SelectSelectorMode.DROPDOWN,
-                    sort=True,
-                )
-            )
-        ),
-        probatio.Required(
-            CONF_PRIORITY, default=default(CONF_PRIORITY, DEFAULT_PRIORITY)
-        ): (
-            NumberSelector(
-                NumberSelectorConfig(
-                    min=1, max=MAX_PRIORITY, mode=NumberSelectorMode.BOX
-                )
-            )
-        ),
-        probatio.Required(
-            CONF_MAX_PARALLEL, default=default(CONF_MAX_PARALLEL, DEFAULT_MAX_PARALLEL)
-        ): NumberSelector(
-            NumberSelectorConfig(min=1, max=64, mode=NumberSelectorMode.BOX)
-        ),
-        probatio.Required(
-            CONF_CONNECT_TIMEOUT,
-            default=default(CONF_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
-        ): _seconds(60),
-        probatio.Required(
-            CONF_FIRST_TOKEN_TIMEOUT,
-            default=default(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT),
-        ): _seconds(600),
-        probatio.Required(
-            CONF_THINK, default=default(CONF_THINK, False)
-        ): BooleanSelector(),
-        probatio.Required(
-            CONF_ALWAYS_ON, default=default(CONF_ALWAYS_ON, True)
-        ): BooleanSelector(),
-        probatio.Required(
-            CONF_THINK_AUTO, default=default(CONF_THINK_AUTO, False)
-        ): BooleanSelector(),
-        probatio.Required(
-            CONF_MAX_TOKENS, default=default(CONF_MAX_TOKENS, DEFAULT_MAX_TOKENS)
-        ): NumberSelector(
-            NumberSelectorConfig(min=16, max=32768, mode=NumberSelectorMode.BOX)
-        ),
-    }
-    if kind is BackendKind.OLLAMA:
-        # Unset: kept warm only while it is the first choice.
-        fields[
-            probatio.Optional(
-                CONF_KEEP_WARM,
-                description={"suggested_value": defaults.get(CONF_KEEP_WARM)},
-            )
-        ] = BooleanSelector()
-        fields[
-            probatio.Required(
-                CONF_KEEP_ALIVE, default=default(CONF_KEEP_ALIVE, DEFAULT_KEEP_ALIVE)
-            )
-        ] = str
-        fields[
-            probatio.Required(
-                CONF_NUM_CTX, default=default(CONF_NUM_CTX, DEFAULT_NUM_CTX)
-            )
-        ] = NumberSelector(
-            NumberSelectorConfig(
-                min=256, max=1048576, step=256, mode=NumberSelectorMode.BOX
-            )
-        )
-    return probatio.Schema(fields)
-
-
-def _model_data(user_input: Mapping[str, Any]) -> dict[str, Any]:
-    """Model step input with integer fields as integers."""
-    data = dict(user_input)
-    for key in (CONF_PRIORITY, CONF_MAX_PARALLEL, CONF_NUM_CTX, CONF_MAX_TOKENS):
-        if key in data:
-            data[key] = int(data[key])
-    return data
 
 
 CONNECTION_TEST_TIMEOUT = 20.0
@@ -326,7 +219,7 @@ async def _async_check_model(
 class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
     """Create a router with its first backend."""
 
-    VERSION = 1
+    VERSION = CONFIG_ENTRY_VERSION
 
     def __init__(self) -> None:
         """Start with nothing known."""
@@ -382,8 +275,10 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
         """Choose the first backend's model and limits."""
         kind = BackendKind(self._server[CONF_KIND])
         check = _Check()
+        values: dict[str, Any] = {}
         if user_input is not None:
-            data = {**self._server, **_model_data(user_input)}
+            values = _model_input(user_input)
+            data = {**self._server, **values}
             check = await _async_check_model(self.hass, data)
             if not check.errors:
                 return self.async_create_entry(
@@ -399,10 +294,13 @@ class LLMRouterConfigFlow(ConfigFlow, domain=DOMAIN):
                         }
                     ],
                 )
+        schema, errors = model_form(kind, self._models, check.errors)
         return self.async_show_form(
             step_id="model",
-            data_schema=_model_schema(kind, self._models, user_input or {}),
-            errors=check.errors,
+            data_schema=self.add_suggested_values_to_schema(
+                schema, nest(schema, model_values(kind, values))
+            ),
+            errors=errors,
             description_placeholders=check.placeholders(self._server),
         )
 
@@ -535,8 +433,10 @@ class BackendSubentryFlow(ConfigSubentryFlow):
         """Choose the model and limits."""
         kind = BackendKind(self._server[CONF_KIND])
         check = _Check()
+        values = self._defaults()
         if user_input is not None:
-            data = {**self._server, **_model_data(user_input)}
+            values = _model_input(user_input)
+            data = {**self._server, **values}
             check = await _async_check_model(
                 self.hass,
                 data,
@@ -556,12 +456,13 @@ class BackendSubentryFlow(ConfigSubentryFlow):
                         data=data,
                     )
                 return self.async_create_entry(title=data[CONF_NAME], data=data)
+        schema, errors = model_form(kind, self._models, check.errors)
         return self.async_show_form(
             step_id="model",
-            data_schema=_model_schema(
-                kind, self._models, user_input or self._defaults()
+            data_schema=self.add_suggested_values_to_schema(
+                schema, nest(schema, model_values(kind, values))
             ),
-            errors=check.errors,
+            errors=errors,
             description_placeholders=check.placeholders(self._server),
         )
 
@@ -574,72 +475,29 @@ class LLMRouterOptionsFlow(OptionsFlow):
     ) -> ConfigFlowResult:
         """Show and save the options."""
         errors: dict[str, str] = {}
+        values: dict[str, Any] = {}
         if user_input is not None:
-            if float(user_input[CONF_TURN_TIMEOUT]) < self._longest_first_token():
+            values = flatten(user_input, [SECTION_TIMING])
+            if float(values[CONF_TURN_TIMEOUT]) < self._longest_first_token():
                 errors = {CONF_TURN_TIMEOUT: "turn_timeout_too_short"}
             else:
                 # Cleared fields are stored empty, so defaults do not come back.
                 return self.async_create_entry(
-                    data={
-                        CONF_PROMPT: "",
-                        CONF_LLM_HASS_API: [],
-                        **user_input,
-                        CONF_MAX_HISTORY: int(user_input[CONF_MAX_HISTORY]),
-                        CONF_PROBE_INTERVAL: int(user_input[CONF_PROBE_INTERVAL]),
-                    }
+                    data={CONF_PROMPT: "", CONF_LLM_HASS_API: [], **values}
                 )
-        options = {**DEFAULT_OPTIONS, **self.config_entry.options, **(user_input or {})}
         apis = [
             SelectOptionDict(value=api.id, label=api.name)
             for api in llm.async_get_apis(self.hass)
         ]
-        schema = probatio.Schema(
-            {
-                probatio.Optional(
-                    CONF_PROMPT, description={"suggested_value": options[CONF_PROMPT]}
-                ): TemplateSelector(),
-                probatio.Optional(
-                    CONF_LLM_HASS_API,
-                    description={"suggested_value": options[CONF_LLM_HASS_API]},
-                ): SelectSelector(SelectSelectorConfig(options=apis, multiple=True)),
-                probatio.Required(
-                    CONF_MAX_HISTORY, default=options[CONF_MAX_HISTORY]
-                ): (
-                    NumberSelector(
-                        NumberSelectorConfig(
-                            min=0, max=100, mode=NumberSelectorMode.BOX
-                        )
-                    )
-                ),
-                probatio.Required(
-                    CONF_PROBE_INTERVAL, default=options[CONF_PROBE_INTERVAL]
-                ): NumberSelector(
-                    NumberSelectorConfig(
-                        min=5,
-                        max=3600,
-                        unit_of_measurement="s",
-                        mode=NumberSelectorMode.BOX,
-                    )
-                ),
-                probatio.Required(
-                    CONF_POLICY, default=options[CONF_POLICY]
-                ): SelectSelector(
-                    SelectSelectorConfig(
-                        options=list(PolicyName), translation_key=CONF_POLICY
-                    )
-                ),
-                probatio.Required(
-                    CONF_TURN_TIMEOUT, default=options[CONF_TURN_TIMEOUT]
-                ): _seconds(1800),
-                probatio.Required(
-                    CONF_LATENCY_BUDGET, default=options[CONF_LATENCY_BUDGET]
-                ): _seconds(600),
-                probatio.Required(
-                    CONF_HEDGING, default=options[CONF_HEDGING]
-                ): BooleanSelector(),
-            }
+        schema, shown_errors = options_form(apis, DEFAULT_OPTIONS, errors)
+        options = {**DEFAULT_OPTIONS, **self.config_entry.options, **values}
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(
+                schema, nest(schema, options)
+            ),
+            errors=shown_errors,
         )
-        return self.async_show_form(step_id="init", data_schema=schema, errors=errors)
 
     def _longest_first_token(self) -> float:
         """The longest first-token timeout of the router's backends."""

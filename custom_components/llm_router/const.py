@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 import logging
 from typing import Final
 
 DOMAIN: Final = "llm_router"
+# 2: thinking is one choice (think and think_auto were two switches).
+CONFIG_ENTRY_VERSION: Final = 2
 LOGGER = logging.getLogger(__package__)
 
 SUBENTRY_BACKEND: Final = "backend"
@@ -16,15 +19,24 @@ CONF_PRIORITY: Final = "priority"
 CONF_MAX_PARALLEL: Final = "max_parallel"
 CONF_CONNECT_TIMEOUT: Final = "connect_timeout"
 CONF_FIRST_TOKEN_TIMEOUT: Final = "first_token_timeout"
-CONF_THINK: Final = "think"
+CONF_THINKING: Final = "thinking"
 CONF_KEEP_ALIVE: Final = "keep_alive"
 CONF_NUM_CTX: Final = "num_ctx"
 CONF_MAX_TOKENS: Final = "max_tokens"
-CONF_THINK_AUTO: Final = "think_auto"
 CONF_KEEP_WARM: Final = "keep_warm"
 CONF_SKIP_CHECK: Final = "skip_check"
 CONF_BACKEND: Final = "backend"
 CONF_ALWAYS_ON: Final = "always_on"
+
+
+class Thinking(StrEnum):
+    """Whether a backend's model thinks before it answers."""
+
+    OFF = "off"
+    ON = "on"
+    AUTO = "auto"
+    """Only when the answer still starts within the latency budget."""
+
 
 # Which backend a reauthentication flow asks a new API key for.
 REAUTH_SUBENTRY_ID: Final = "subentry_id"

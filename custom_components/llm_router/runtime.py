@@ -26,8 +26,7 @@ from .const import (
     CONF_NUM_CTX,
     CONF_POLICY,
     CONF_PRIORITY,
-    CONF_THINK,
-    CONF_THINK_AUTO,
+    CONF_THINKING,
     CONF_TURN_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_TOKEN_TIMEOUT,
@@ -38,6 +37,7 @@ from .const import (
     DEFAULT_TURN_TIMEOUT,
     DOMAIN,
     SUBENTRY_BACKEND,
+    Thinking,
 )
 from .coordinator import BackendHealthCoordinator
 from .engine.backend import Backend
@@ -102,6 +102,7 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
     """
     kind = BackendKind(data[CONF_KIND])
     is_ollama = kind is BackendKind.OLLAMA
+    thinking = Thinking(data.get(CONF_THINKING, Thinking.OFF))
     return BackendConfig(
         name=data[CONF_NAME],
         kind=kind,
@@ -114,8 +115,8 @@ def backend_config(data: Mapping[str, Any]) -> BackendConfig:
         first_token_timeout=float(
             data.get(CONF_FIRST_TOKEN_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT)
         ),
-        think=bool(data.get(CONF_THINK, False)),
-        think_auto=bool(data.get(CONF_THINK_AUTO, False)),
+        think=thinking is Thinking.ON,
+        think_auto=thinking is Thinking.AUTO,
         max_tokens=int(data.get(CONF_MAX_TOKENS, DEFAULT_MAX_TOKENS)),
         keep_warm=data.get(CONF_KEEP_WARM),
         keep_alive=(

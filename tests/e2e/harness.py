@@ -532,7 +532,7 @@ class BackendSpec:
     skip_check: bool = False
     """Save without testing the connection (for a server that is down)."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """More fields of the model step (max_parallel, think, ...)."""
+    """More fields of the model step (max_parallel, thinking, ...), flat."""
 
     def connection(self) -> dict[str, Any]:
         """Fields of the step that tests the connection."""
@@ -609,7 +609,9 @@ def run_flow(
                 f"{base}: expected form {step_id!r}, got {_flow_summary(result)}; "
                 f"see {client.server.log}"
             )
-        result = client.post(f"{base}/{result['flow_id']}", dict(data))
+        result = client.post(
+            f"{base}/{result['flow_id']}", in_sections(result["data_schema"], data)
+        )
         if result.get("type") == "form" and result.get("errors"):
             raise HarnessError(
                 f"{base}: step {step_id!r} refused: {result['errors']}; "
@@ -621,6 +623,23 @@ def run_flow(
             f"see {client.server.log}"
         )
     return result
+
+
+def in_sections(
+    schema: Sequence[Mapping[str, Any]], data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Flat fields nested in the form's sections, as a browser sends them.
+
+    A section given as a whole (a mapping under its name) is sent as it is.
+    """
+    nested: dict[str, Any] = {}
+    for field_ in schema:
+        name = field_["name"]
+        if field_.get("type") == "expandable" and name not in data:
+            nested[name] = in_sections(field_["schema"], data)
+        elif name in data:
+            nested[name] = data[name]
+    return nested
 
 
 def _flow_summary(result: Mapping[str, Any]) -> str:
@@ -658,7 +677,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     # The new subentry reloads the entry later; until then the old router,
     # without this backend, is still loaded and answering.
     wait_until(
-        lambda: backend.name in _running_backends(client, router),
+        lambda: backend.name in running_backends(client, router),
         timeout=60,
         what=f"router {router.name!r} to run with backend {backend.name!r}",
         server=client.server,
@@ -666,7 +685,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     wait_loaded(client, router)
 
 
-def _running_backends(client: HassClient, router: Router) -> set[str]:
+def running_backends(client: HassClient, router: Router) -> set[str]:
     """Backends of the router as loaded now (none while it reloads)."""
     try:
         diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")

@@ -133,14 +133,14 @@ def test_first_audio_is_ready_before_the_answer_ends(
 
 
 @pytest.mark.parametrize(
-    ("model", "think", "reply"),
+    ("model", "thinking", "reply"),
     [
         pytest.param(
-            "qwen3", True, Reply(text=SENTENCES, thinking=REASONING), id="field"
+            "qwen3", "on", Reply(text=SENTENCES, thinking=REASONING), id="field"
         ),
         pytest.param(
             "llama3.2",
-            False,
+            "off",
             Reply(text=SENTENCES, thinking=REASONING, inline_think=True),
             id="inline-tags",
         ),
@@ -151,12 +151,12 @@ def test_reasoning_never_reaches_the_speech(
     speaker: Speaker,
     fake: FakeOllama,
     model: str,
-    think: bool,
+    thinking: str,
     reply: Reply,
 ) -> None:
     fake.default_reply = reply
     backend = BackendSpec(
-        "Pi", "ollama", fake.url, model, priority=1, options={"think": think}
+        "Pi", "ollama", fake.url, model, priority=1, options={"thinking": thinking}
     )
 
     turn = spoken(hass, speaker, backend, "How often should I water a fern?")
