@@ -23,17 +23,23 @@ from tests.e2e.harness import (
     add_backend,
     ask_action,
     check_no_reports,
-    converse,
     create_router,
     gpu_backend_down,
     integration_states,
     last_attempts,
     onboard,
     pi_backend,
-    prefer_in_assist,
     start_hass,
     start_llm_server,
     state_value,
+)
+from tests.e2e.voice import (
+    VOICE,
+    add_wyoming,
+    save_wav,
+    speak,
+    speaking_pipeline,
+    start_tts_server,
 )
 
 ROUTER_NAME = "LLM Router"
@@ -63,6 +69,10 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         llm = start_llm_server(work / "llm-server.log", keep=keep)
         servers.append(llm)
     print(f"    {llm.url} serves {LLM_MODEL}")
+    with step("Starting the text-to-speech server (Piper, Wyoming protocol)"):
+        tts = start_tts_server(work / "tts-server.log", keep=keep)
+        servers.append(tts)
+    print(f"    tcp{tts.url.removeprefix('http')} speaks with the Piper voice {VOICE}")
 
     user = Credentials(password=secrets.token_urlsafe(12) if keep else "demo-password")
     with step("Starting Home Assistant"):
@@ -76,6 +86,9 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         hass = HassClient(hass_server)
         onboard(hass, user)
     print(f"    {hass_server.url}, configuration in {work / 'config'}")
+    with step("Adding Piper through the Wyoming integration"):
+        speaker = add_wyoming(hass, tts)
+    print(f"    {speaker.entity_id} ({speaker.language}, voice {speaker.voice})")
 
     with step(f"Creating the router {ROUTER_NAME!r} with the Pi (priority 2)"):
         router = create_router(hass, ROUTER_NAME, pi_backend(llm))
@@ -83,12 +96,16 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     with step(f"Adding the GPU server (priority 1), down at {gpu.url}"):
         add_backend(hass, router, gpu)
 
-    with step(f"Making {ROUTER_NAME!r} the preferred assistant of Assist"):
-        prefer_in_assist(hass, router)
+    with step(
+        f"Making {ROUTER_NAME!r} the preferred Assist pipeline, speaking with Piper"
+    ):
+        pipeline = speaking_pipeline(
+            hass, ROUTER_NAME, router.agent_id, speaker, preferred=True
+        )
 
-    for question in QUESTIONS:
-        with step(f"Asking {router.agent_id}"):
-            ask(hass, router, question)
+    for number, question in enumerate(QUESTIONS, 1):
+        with step(f"Asking {router.agent_id} through the pipeline, out loud"):
+            ask(hass, router, pipeline, question, work / "answers" / f"{number}.wav")
 
     action_question = "Name one thing a smart home can automate."
     with step("Asking through the llm_router.ask action, with response data"):
@@ -110,19 +127,35 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
             f"password {user.password!r}): Assist (the speech bubble at the top) "
             f"answers with {ROUTER_NAME!r}; its backends are under Settings > "
             f"Devices & services > {ROUTER_NAME}.\n"
-            f"Logs: {hass_server.log}, {llm.log}\n"
-            f"Stop both: kill -- -{hass_server.process.pid} -{llm.process.pid}"
+            f"Spoken: the pipeline speaks with Piper wherever a question comes "
+            f"by voice (a satellite, or the dialog's microphone once the "
+            f"pipeline has a speech-to-text engine); the frontend takes typed "
+            f"questions to the answer's text only. The demo's answers play "
+            f"under Settings > Voice assistants > {ROUTER_NAME} > ⋮ > Debug > "
+            f"Play audio.\n"
+            f"Logs: {hass_server.log}, {llm.log}, {tts.log}\n"
+            f"Stop all three: kill -- -{hass_server.process.pid} "
+            f"-{llm.process.pid} -{tts.process.pid}"
         )
 
 
-def ask(hass: HassClient, router: Router, question: str) -> None:
-    """One turn: the answer, who served it, whether it fell back, how long."""
+def ask(
+    hass: HassClient, router: Router, pipeline: str, question: str, wav: Path
+) -> None:
+    """One spoken turn: the answer, its timing, who served it, its audio."""
     fallbacks_before = state_value(hass, router.fallbacks_id)
-    reply = converse(hass, router, question)
+    turn = speak(hass, pipeline, question)
     print(f"    Q: {question}")
-    print(textwrap.indent(reply.speech.strip(), "    A: ", lambda _: True))
-    if reply.response_type == "error" or not reply.speech.strip():
-        raise HarnessError(f"no answer; see {hass.server.log}")
+    print(textwrap.indent(turn.answer.strip(), "    A: ", lambda _: True))
+    if turn.errors or not turn.answer.strip() or not turn.audio:
+        raise HarnessError(f"no spoken answer {turn.errors}; see {hass.server.log}")
+    audio = save_wav(turn.audio, wav)
+    print(
+        f"    first word {_seconds(turn.first_word)}, "
+        f"first audio {_seconds(turn.first_audio)}, "
+        f"answer done {_seconds(turn.agent_done)}; "
+        f"{audio.seconds:.1f} s of audio ({audio.rate} Hz): {audio.path}"
+    )
     served_by = state_value(hass, router.last_backend_id)
     fallbacks = state_value(hass, router.fallbacks_id)
     if fallbacks is None or fallbacks_before is None:
@@ -130,10 +163,15 @@ def ask(hass: HassClient, router: Router, question: str) -> None:
     else:
         fell_back = "yes" if fallbacks != fallbacks_before else "no"
     served = served_by or f"unknown ({router.last_backend_id} does not exist)"
-    print(f"    served by: {served}; fell back: {fell_back}; {reply.seconds:.1f} s")
+    print(f"    served by: {served}; fell back: {fell_back}")
     for name, attempt in last_attempts(hass, router).items():
         outcome = attempt["error"] or "answered"
         print(f"      {name}: {outcome} ({attempt['seconds'] * 1000:.0f} ms)")
+
+
+def _seconds(value: float | None) -> str:
+    """Seconds after the question, or "none" for what never came."""
+    return "none" if value is None else f"{value:.2f} s"
 
 
 def _rounded(value: str) -> str:

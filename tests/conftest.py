@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 import logging
 from typing import Any
 
@@ -174,6 +174,21 @@ async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+async def deadline_once(
+    condition: Callable[[], object], awaitable: Awaitable[object]
+) -> None:
+    """Await under a deadline that passes as soon as condition() holds.
+
+    An outer deadline at a chosen point of a stream, not at a wall-clock
+    time a slower machine could reach before that point.
+    """
+    async with asyncio.timeout(None) as deadline:
+        running = asyncio.ensure_future(awaitable)
+        await until(condition)
+        deadline.reschedule(asyncio.get_running_loop().time())
+        await running
 
 
 async def probe_backends(hass: HomeAssistant, entry: MockConfigEntry) -> None:

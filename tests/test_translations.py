@@ -50,3 +50,11 @@ def test_everything_said_or_raised_is_in_german() -> None:
     assert strings("de.json").keys() >= {
         key for key in strings("en.json") if key.startswith("exceptions.")
     }
+
+
+def test_forms_are_in_german() -> None:
+    """Every form a user fills, its errors and its choices."""
+    forms = ("config.", "config_subentries.", "options.", "selector.")
+    assert strings("de.json").keys() >= {
+        key for key in strings("en.json") if key.startswith(forms)
+    }

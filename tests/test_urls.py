@@ -10,7 +10,7 @@ from homeassistant.setup import async_setup_component
 import pytest
 
 from custom_components.llm_router.const import DOMAIN, SUBENTRY_BACKEND
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, form_input, router_entry, setup_router
 from tests.fakes.ollama_server import FakeOllama
 from tests.test_config_flow import MODEL_STEP, start_flow
 
@@ -54,7 +54,7 @@ async def test_url_without_scheme_is_stored_normalized(
     result = await start_flow(hass, {"name": "Pi", "kind": "ollama", "url": host})
     assert result["step_id"] == "model"
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], MODEL_STEP
+        result["flow_id"], form_input(result, **MODEL_STEP)
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     (subentry,) = result["result"].subentries.values()

@@ -82,7 +82,7 @@ class FormSection:
     """Its fields for a server type; none: the section is not shown."""
 
 
-def seconds(maximum: float) -> NumberSelector:
+def _seconds(maximum: float) -> NumberSelector:
     """A number of seconds, typed in."""
     return NumberSelector(
         NumberSelectorConfig(
@@ -118,7 +118,7 @@ def _answer_fields(kind: BackendKind) -> Fields:
     return {
         probatio.Required(CONF_THINKING, default=Thinking.OFF): SelectSelector(
             SelectSelectorConfig(
-                options=list(thinking_choices(kind)),
+                options=thinking_choices(kind),
                 translation_key=CONF_THINKING,
                 mode=SelectSelectorMode.LIST,
             )
@@ -136,10 +136,10 @@ def _deadline_fields(kind: BackendKind) -> Fields:
         ),
         probatio.Required(
             CONF_CONNECT_TIMEOUT, default=DEFAULT_CONNECT_TIMEOUT
-        ): seconds(60),
+        ): _seconds(60),
         probatio.Required(
             CONF_FIRST_TOKEN_TIMEOUT, default=DEFAULT_FIRST_TOKEN_TIMEOUT
-        ): seconds(600),
+        ): _seconds(600),
     }
 
 
@@ -296,9 +296,9 @@ def options_form(
         required(CONF_MAX_HISTORY): _count(0, 100),
     }
     timing: Fields = {
-        required(CONF_LATENCY_BUDGET): seconds(600),
+        required(CONF_LATENCY_BUDGET): _seconds(600),
         required(CONF_HEDGING): BooleanSelector(),
-        required(CONF_TURN_TIMEOUT): seconds(1800),
+        required(CONF_TURN_TIMEOUT): _seconds(1800),
         required(CONF_PROBE_INTERVAL): NumberSelector(
             NumberSelectorConfig(
                 min=5, max=3600, unit_of_measurement="s", mode=NumberSelectorMode.BOX

@@ -75,9 +75,12 @@ run_in_sid_root() {
 copy_host_files() {
   local file
   for file in /etc/resolv.conf /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
-    if [[ -f $file ]]; then
+    # Replaced atomically and only when changed: a test reading the trust
+    # store while another checkout's setup runs must never see half a file.
+    if [[ -f $file ]] && ! cmp -s "$file" "$sid_root$file"; then
       mkdir -p "$sid_root$(dirname "$file")"
-      cp -L "$file" "$sid_root$file"
+      cp -L "$file" "$sid_root$file.new"
+      mv "$sid_root$file.new" "$sid_root$file"
     fi
   done
 }
@@ -131,11 +134,13 @@ ensure_sid_root() {
 }
 
 # On a host with its own suitable Python: the programs the sid root would
-# have given (llama-server, chromium, chromedriver), from the host's apt when
+# have given (llama-server, ffmpeg for Home Assistant's audio and the voice
+# tests' decoding, chromium, chromedriver), from the host's apt when
 # it has their packages and we are root; otherwise a warning naming them.
 ensure_host_packages() {
   local -A package_of=(
-    [llama-server]=llama.cpp-tools [chromium]=chromium [chromedriver]=chromium-driver
+    [llama-server]=llama.cpp-tools [ffmpeg]=ffmpeg
+    [chromium]=chromium [chromedriver]=chromium-driver
   )
   local program missing=()
   for program in "${!package_of[@]}"; do

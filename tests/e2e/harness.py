@@ -80,12 +80,15 @@ def start_server(
     argv: Sequence[str | Path],
     *,
     port: int,
-    ready_path: str,
     log: Path,
     timeout: float,
+    ready_path: str = "/",
+    ready: Callable[[], bool] | None = None,
     keep: bool = False,
 ) -> Server:
     """Start argv and wait until GET ready_path answers 200 on port.
+
+    A server that speaks no HTTP gives its own ready check instead.
 
     The server gets SIGTERM when this process dies, however it dies, unless
     keep says it is to outlive it.
@@ -105,9 +108,11 @@ def start_server(
     server = Server(name, f"http://127.0.0.1:{port}", log, process)
     try:
         wait_until(
-            lambda: _answers(server.url + ready_path),
+            ready or (lambda: _answers(server.url + ready_path)),
             timeout=timeout,
-            what=f"{name} to answer GET {ready_path}",
+            what=f"{name} to be ready"
+            if ready
+            else f"{name} to answer GET {ready_path}",
             server=server,
         )
     except BaseException:
@@ -152,11 +157,16 @@ def _answers(url: str) -> bool:
 
 def install_llm_server(log: Path, timeout: float = 600.0) -> None:
     """Install the model for llama.cpp's server (seconds; quick once installed)."""
+    run_install("llm-server", log, timeout)
+
+
+def run_install(script: str, log: Path, timeout: float) -> None:
+    """Run `scripts/<script> install`, its output in log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         try:
             subprocess.run(
-                [ROOT / "scripts" / "llm-server", "install"],
+                [ROOT / "scripts" / script, "install"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -165,11 +175,11 @@ def install_llm_server(log: Path, timeout: float = 600.0) -> None:
             )
         except subprocess.CalledProcessError as err:
             raise HarnessError(
-                f"scripts/llm-server install failed (exit {err.returncode}); see {log}"
+                f"scripts/{script} install failed (exit {err.returncode}); see {log}"
             ) from err
         except subprocess.TimeoutExpired as err:
             raise HarnessError(
-                f"scripts/llm-server install took over {timeout:.0f} s; see {log}"
+                f"scripts/{script} install took over {timeout:.0f} s; see {log}"
             ) from err
 
 
@@ -528,7 +538,7 @@ class BackendSpec:
     skip_check: bool = False
     """Save without testing the connection (for a server that is down)."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """More fields of the model step (max_parallel, think, ...)."""
+    """More fields of the model step (max_parallel, thinking, ...), flat."""
 
     def connection(self) -> dict[str, Any]:
         """Fields of the step that tests the connection."""
@@ -673,7 +683,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     # The new subentry reloads the entry later; until then the old router,
     # without this backend, is still loaded and answering.
     wait_until(
-        lambda: backend.name in _running_backends(client, router),
+        lambda: backend.name in running_backends(client, router),
         timeout=60,
         what=f"router {router.name!r} to run with backend {backend.name!r}",
         server=client.server,
@@ -681,7 +691,7 @@ def add_backend(client: HassClient, router: Router, backend: BackendSpec) -> Non
     wait_loaded(client, router)
 
 
-def _running_backends(client: HassClient, router: Router) -> set[str]:
+def running_backends(client: HassClient, router: Router) -> set[str]:
     """Backends of the router as loaded now (none while it reloads)."""
     try:
         diagnostics = client.get(f"/api/diagnostics/config_entry/{router.entry_id}")
@@ -737,12 +747,27 @@ def prefer_in_assist(client: HassClient, router: Router) -> str:
     The pipeline is named after the router and sends every sentence to it;
     the Assist dialog opens with the preferred pipeline.
     """
+    return create_pipeline(client, router.name, router.agent_id, preferred=True)
+
+
+def create_pipeline(
+    client: HassClient,
+    name: str,
+    agent_id: str,
+    *,
+    preferred: bool = False,
+    tts: Mapping[str, str | None] | None = None,
+) -> str:
+    """Make an Assist pipeline that sends every sentence to agent_id; its id.
+
+    tts: the tts_engine, tts_language and tts_voice fields (none: no speech).
+    """
     pipeline = client.websocket(
         {
             "type": "assist_pipeline/pipeline/create",
-            "name": router.name,
+            "name": name,
             "language": "en",
-            "conversation_engine": router.agent_id,
+            "conversation_engine": agent_id,
             # What the frontend's editor sets for an agent of any language.
             "conversation_language": "*",
             # Not even "turn on the light" goes to Home Assistant's intents first.
@@ -754,14 +779,16 @@ def prefer_in_assist(client: HassClient, router: Router) -> str:
             "tts_voice": None,
             "wake_word_entity": None,
             "wake_word_id": None,
+            **(tts or {}),
         }
     )
-    client.websocket(
-        {
-            "type": "assist_pipeline/pipeline/set_preferred",
-            "pipeline_id": pipeline["id"],
-        }
-    )
+    if preferred:
+        client.websocket(
+            {
+                "type": "assist_pipeline/pipeline/set_preferred",
+                "pipeline_id": pipeline["id"],
+            }
+        )
     return str(pipeline["id"])
 
 

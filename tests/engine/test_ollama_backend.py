@@ -42,6 +42,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend, parse_keep_alive
+from tests.conftest import deadline_once
 from tests.fakes.base import (
     Endless,
     Reply,
@@ -413,8 +414,8 @@ async def test_stall_mid_stream_can_be_cancelled(fake: FakeOllama, make: Make) -
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.3):
-            await collect_into(seen, make(fake.url))
+        # Two chunks, then the stall.
+        await deadline_once(lambda: len(seen) == 2, collect_into(seen, make(fake.url)))
 
     assert seen == [TextDelta("one"), TextDelta(" two")]
 

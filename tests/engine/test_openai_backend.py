@@ -38,6 +38,7 @@ from custom_components.llm_router.engine.models import (
     ToolSpec,
 )
 from custom_components.llm_router.engine.openai import OpenAIBackend
+from tests.conftest import deadline_once
 from tests.fakes.base import Endless, Reply, closed_port_url, unanswered_url
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -225,6 +226,23 @@ async def test_llama_cpp_prompt_cache_counts_apart(
     # The same prompt again: all of it cached but the last token.
     assert (second.prompt_cached_tokens, second.prompt_tokens) == (104, 1)
     assert second.prompt_seconds == pytest.approx(0.04)
+
+
+async def test_a_connection_the_server_closed_after_a_stream_is_not_a_failure(
+    session: aiohttp.ClientSession,
+) -> None:
+    """llama-server closes the connection after each streamed answer.
+
+    The next request, sent at once on the pooled connection, found it
+    closed ("Server disconnected") and failed; it goes once more on a new one.
+    """
+    async with FakeOpenAI(llama_cpp=True, closes_after_stream=True) as llama:
+        target = backend(session, llama.url)
+        answers = [text_of(await collect(target), TextDelta) for _ in range(3)]
+        await target.probe()
+
+    assert answers == ["Hello from the fake."] * 3
+    assert len(llama.chat_bodies) == 3
 
 
 async def test_stats_unknown_when_the_server_reports_none(
@@ -595,10 +613,12 @@ async def test_tls_to_a_plain_http_server_is_unreachable(
 async def test_closed_before_answering_is_unreachable(
     fake: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
-    fake.script(Reply(drop_after_chunks=0))
+    # Closed before an answer twice: a stale connection is ruled out.
+    fake.script(Reply(drop_after_chunks=0), Reply(drop_after_chunks=0))
 
     with pytest.raises(BackendUnreachable, match="Server disconnected"):
         await collect(backend(session, fake.url))
+    assert len(fake.chat_bodies) == 2
 
 
 async def test_dropped_mid_stream_is_bad_response(
@@ -749,8 +769,10 @@ async def test_stall_mid_stream_is_cancelled_by_outer_deadline(
     seen: list[StreamEvent] = []
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2):
-            await collect_into(seen, backend(session, fake.url))
+        # The first chunk, then the stall.
+        await deadline_once(
+            lambda: seen, collect_into(seen, backend(session, fake.url))
+        )
 
     assert seen == [TextDelta("one")]
 

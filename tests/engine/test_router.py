@@ -413,9 +413,9 @@ async def test_max_parallel_queues_requests() -> None:
     pi = Gated("Pi", max_parallel=1)
     router = TrackedRouter([pi])
     first = asyncio.create_task(collect(router))
-    await asyncio.sleep(0.01)
+    await until(lambda: pi.requests)
     second = asyncio.create_task(collect(router))
-    await asyncio.sleep(0.01)
+    await until(lambda: router.states["Pi"].waiting)
     assert len(pi.requests) == 1
     assert router.states["Pi"].waiting == 1
     gate.set()

@@ -696,9 +696,9 @@ async def test_hedge_waits_until_the_other_is_expected_to_be_sooner() -> None:
     slow.streams = [[HANG]]
     pi = ScriptedBackend("Pi", 2)
     router = TrackedRouter([slow, pi], settings=hedging(0.01))
-    learn(router, "Pi", time_to_first_token=0.15, prompt_tokens=0)
+    learn(router, "Pi", time_to_first_token=1.5, prompt_tokens=0)
     task = asyncio.create_task(collect(router))
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(0.3)  # far from 1.5 s, however slow the machine
     assert pi.requests == []  # the Pi would not be sooner yet
     turn, _ = await task
     assert turn.served_by == "Pi"
@@ -719,7 +719,9 @@ class Paced(ScriptedBackend):
 
 
 async def test_steady_stream_slower_in_all_than_the_stall_deadline() -> None:
-    pi = Paced("Pi", stall_timeout=0.05, first_token_timeout=0.05)
+    """Five words 0.15 s apart: 0.75 s in all, each gap well within 0.5 s."""
+    pi = Paced("Pi", stall_timeout=0.5, first_token_timeout=0.5)
+    pi.every = 0.15
     _, events = await collect(TrackedRouter([pi]))
     assert answer_of(events) == "One two three four five"
 

@@ -58,7 +58,10 @@ class FakeOpenAI(FakeServer):
     or None for servers that just close after the finish_reason);
     prompt_cache=True (llama.cpp) keeps the last prompt, as llama-server
     does: the next prompt's words in common with it are cached, not
-    processed (timings' cache_n; prompt_n counts the rest, at least one).
+    processed (timings' cache_n; prompt_n counts the rest, at least one);
+    closes_after_stream=True closes the connection after each streamed
+    answer although its headers said keep-alive, as llama-server does: a
+    client that sends its next request on it at once finds it closed.
 
     Mutable state: loading (llama.cpp) answers 503 everywhere;
     metadata_delay holds /health and /v1/models back; models_body replaces
@@ -89,6 +92,7 @@ class FakeOpenAI(FakeServer):
         api: str = "/v1",
         refuses_stream_options: bool = False,
         prompt_cache: bool = False,
+        closes_after_stream: bool = False,
     ) -> None:
         super().__init__()
         self.models = list(models)
@@ -105,6 +109,7 @@ class FakeOpenAI(FakeServer):
         self.done_line = done_line
         self.refuses_stream_options = refuses_stream_options
         self.prompt_cache = prompt_cache
+        self.closes_after_stream = closes_after_stream
         self._cached_prompt: list[str] = []
         self.loading = False
         self.metadata_delay = 0.0
@@ -275,6 +280,9 @@ class FakeOpenAI(FakeServer):
             request.transport.abort()
             return writer.response
         await writer.response.write_eof()
+        if self.closes_after_stream:
+            assert request.transport is not None
+            request.transport.close()
         return writer.response
 
     async def _finish(self, answer: _Answer, writer: _Writer, started: float) -> None:

@@ -225,15 +225,26 @@ class OpenAIBackend(Backend):
             sock_connect=self.config.connect_timeout,
             sock_read=self.config.stall_timeout if read_timeout else None,
         )
+        send = partial(
+            self._session.request,
+            method,
+            self._api + path,
+            json=body,
+            headers=self._headers,
+            timeout=timeout,
+        )
         answered = False
         try:
-            async with self._session.request(
-                method,
-                self._api + path,
-                json=body,
-                headers=self._headers,
-                timeout=timeout,
-            ) as response:
+            async with AsyncExitStack() as stack:
+                try:
+                    response = await stack.enter_async_context(send())
+                except aiohttp.ServerDisconnectedError:
+                    # Closed before any answer: llama-server closes the
+                    # connection after each stream although it said
+                    # keep-alive, and a request sent at once on it from the
+                    # pool finds it so. Once more, on a new connection.
+                    _LOGGER.debug("%s: connection closed, sending again", self.name)
+                    response = await stack.enter_async_context(send())
                 if response.status >= 400:
                     error = await read_at_most(response, MAX_ERROR_BODY)
                     text = error.decode(errors="replace")
