@@ -61,9 +61,12 @@ class AttemptTurn(Protocol):
 class BackendAttempt:
     """Streaming one request from one backend, under its deadlines.
 
-    Its first-token budget starts when it starts: waiting for a slot comes
-    out of it. The turn's deadline caps everything; when that is what runs
-    out, it is the turn's fault, not the backend's.
+    Its first-token budget starts when it starts, after the model load the
+    forecast expects: waiting for a slot comes out of it, a load does not.
+    Missing it does not end the attempt: the turn counts the miss and starts
+    the next backend beside it (see Turn), and it may still answer until the
+    turn's deadline. When that is what cuts it off, it is the turn's fault,
+    unless its own deadline had passed before.
     """
 
     def __init__(
@@ -80,12 +83,20 @@ class BackendAttempt:
         self._request = turn.request
         self._turn_deadline = turn.deadline
         self.started = asyncio.get_running_loop().time()
+        self.first_deadline = min(
+            self.started + predicted.load + state.config.first_token_timeout,
+            self._turn_deadline,
+        )
+        """By when its first token is due (loop time), the expected load after."""
+        self.overdue = False
+        """Its first token was due and has not come: the miss is counted."""
         self.hedged = False
         self.hedge_not_before = 0.0
         self.answering = False
         self.queued = 0.0
         self.slot_seconds = 0.0
         self.first_word: float | None = None
+        self._first_token = False
         self.reasoning_tokens = 0
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
@@ -152,26 +163,27 @@ class BackendAttempt:
             queued=self.queued,
         )
 
-    def _late(self, limit: float, reason: str) -> BackendError:
+    def missed(self) -> BackendError:
+        """What it means that the first token is overdue: busy, or silent."""
+        if self._in_line:
+            return BackendBusy("busy with other requests")
+        first_token = self.state.config.first_token_timeout
+        return BackendTimeout(f"no first token within {first_token:g} s")
+
+    def _late(self, limit: float) -> BackendError:
         """The error for a deadline: the backend's, unless the turn's was first."""
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
-        return BackendTimeout(reason)
+        return self.missed()
 
     async def _run(self) -> AsyncGenerator[RouterEvent]:
         state = self.state
-        config = state.config
         loop = asyncio.get_running_loop()
-        first_deadline = min(
-            self.started + config.first_token_timeout, self._turn_deadline
-        )
         try:
-            async with asyncio.timeout_at(first_deadline):
+            async with asyncio.timeout_at(self._turn_deadline):
                 await state.slots.acquire()
         except TimeoutError:
-            if first_deadline >= self._turn_deadline:
-                raise OutOfTime("the turn's time ran out") from None
-            raise BackendBusy("busy with other requests") from None
+            raise self._late(self.first_deadline) from None
         finally:
             self._leave_line()
         taken = loop.time()
@@ -180,15 +192,15 @@ class BackendAttempt:
         state.holding.append(hold)
         try:
             try:
-                async with asyncio.timeout_at(first_deadline):
+                async with asyncio.timeout_at(self._turn_deadline):
                     await self._host.model_details(state)
             except TimeoutError:
-                raise self._late(first_deadline, "no answer in time") from None
+                raise self._late(self.first_deadline) from None
             while True:
                 sent = self._adapt()
                 try:
                     # Closed here, so that an abandoned turn closes the stream.
-                    async with aclosing(self._stream(sent, first_deadline)) as events:
+                    async with aclosing(self._stream(sent)) as events:
                         async for event in events:
                             yield event
                     return
@@ -217,9 +229,7 @@ class BackendAttempt:
             request = request.without_tools()
         return replace(request, think=think)
 
-    async def _stream(
-        self, request: ChatRequest, first_deadline: float
-    ) -> AsyncGenerator[RouterEvent]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
         state = self.state
         config = state.config
         loop = asyncio.get_running_loop()
@@ -236,7 +246,7 @@ class BackendAttempt:
             while True:
                 waiting_first = clock.first_token is None
                 limit = (
-                    first_deadline
+                    self._turn_deadline
                     if waiting_first
                     else min(loop.time() + config.stall_timeout, self._turn_deadline)
                 )
@@ -245,12 +255,13 @@ class BackendAttempt:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    reason = (
-                        f"no first token within {config.first_token_timeout:g} s"
-                        if waiting_first
-                        else f"stalled for {config.stall_timeout:g} s"
-                    )
-                    raise self._late(limit, reason) from None
+                    if waiting_first:
+                        raise self._late(self.first_deadline) from None
+                    if limit >= self._turn_deadline:
+                        raise OutOfTime("the turn's time ran out") from None
+                    raise BackendTimeout(
+                        f"stalled for {config.stall_timeout:g} s"
+                    ) from None
                 match event:
                     case ServerStats():
                         server_stats = event
@@ -280,8 +291,13 @@ class BackendAttempt:
             raise BadResponse("empty answer")
         self.stats = summarize(server_stats, clock, loop.time())
 
+    def awaits_first_token(self) -> bool:
+        """Whether its first token is still to come, and not yet overdue."""
+        return not (self._first_token or self.overdue)
+
     def _token(self, clock: StreamClock, now: float) -> None:
         if clock.first_token is None:
+            self._first_token = True
             self._host.model_used(self.state)
         clock.token(now)
 

@@ -321,14 +321,27 @@ class Router:
         )
         self.model_used(state)
 
-    def record_failure(self, state: BackendState, error: BackendError) -> None:
-        """Count a failure of the backend."""
+    def record_failure(
+        self, state: BackendState, error: BackendError, *, breaker: bool = True
+    ) -> None:
+        """Count a failure of the backend (and tell its breaker)."""
         state.requests += 1
         state.failures += 1
         state.last_error = error
         if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED):
             self._set_online(state, error)
+        if breaker:
+            self._breaker_failure(state, error)
+
+    def missed_deadline(self, state: BackendState, error: BackendError) -> None:
+        """A first token is overdue: the breaker hears of it at once.
+
+        The attempt goes on (a late answer beats none) and is counted when it
+        ends.
+        """
+        state.last_error = error
         self._breaker_failure(state, error)
+        self.notify()
 
     async def model_details(self, state: BackendState) -> ModelDetails:
         """The backend's model details, fetched once."""
