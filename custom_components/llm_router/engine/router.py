@@ -18,7 +18,7 @@ from .models import (
     ModelDetails,
     ProbeResult,
 )
-from .policy import OrderedPolicy, Policy, by_priority
+from .policy import OrderedPolicy, Policy
 from .predictor import Forecast, Observation, forecast, keep_alive_seconds
 from .servers import Server
 from .settings import RouterSettings
@@ -75,7 +75,12 @@ class Router:
         return lambda: self._listeners.remove(listener)
 
     def notify(self) -> None:
-        """Tell the listeners that something changed."""
+        """Tell the listeners that something changed.
+
+        Health may have: the backend to keep warm is chosen again.
+        """
+        for state in self.states.values():
+            self._keep_warm(state)
         for listener in list(self._listeners):
             listener()
 
@@ -216,12 +221,26 @@ class Router:
         task.add_done_callback(lambda _: self._probes.pop(name, None))
 
     def keeps_warm(self, state: BackendState) -> bool:
-        """Whether the router loads this backend's model ahead of requests."""
+        """Whether the router loads this backend's model ahead of requests.
+
+        Unless configured: the one that would serve the next turn.
+        """
         if not state.backend.loads_models:
             return False
         if state.config.keep_warm is not None:
             return state.config.keep_warm
-        return by_priority(list(self.states.values()))[0] is state
+        return self.next_choice() is state
+
+    def next_choice(self) -> BackendState | None:
+        """The backend the next turn would try first, of those answering."""
+        return next(
+            (
+                state
+                for state in self.candidates()
+                if state.breaker.allows() and state.online is not False
+            ),
+            None,
+        )
 
     def _keep_warm(self, state: BackendState) -> None:
         """Load the model now, or plan to when it is about to be unloaded.
