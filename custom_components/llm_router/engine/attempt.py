@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import replace
+import math
 from typing import Protocol
 
 from .errors import (
@@ -14,7 +15,9 @@ from .errors import (
     BackendTimeout,
     BadResponse,
     CapabilityUnsupported,
+    CutAtCap,
     OutOfTime,
+    ReasoningTooLong,
 )
 from .models import (
     Capability,
@@ -98,6 +101,9 @@ class BackendAttempt:
         self.first_word: float | None = None
         self._first_token = False
         self.reasoning_tokens = 0
+        self._answer_pieces = 0
+        self._without_thinking = False
+        self.note: str | None = None
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
         # In line from now on, so that the next turn sees this slot as taken.
@@ -161,6 +167,7 @@ class BackendAttempt:
             forecast=self.forecast,
             first_word=self.first_word,
             queued=self.queued,
+            note=self.note,
         )
 
     def missed(self) -> BackendError:
@@ -215,16 +222,36 @@ class BackendAttempt:
                         raise
                     # Learnt the hard way: retry at once without the feature.
                     state.unsupported.add(capability)
+                except (ReasoningTooLong, CutAtCap) as err:
+                    if not self._ask_without_thinking(sent, err):
+                        raise
         finally:
             state.holding.remove(hold)
             self.slot_seconds = loop.time() - taken
             state.slots.release()
 
+    def _ask_without_thinking(self, sent: ChatRequest, err: BackendError) -> bool:
+        """Whether to ask again, without thinking, after reasoning hit its bound.
+
+        Only before any answer word, and where the server can switch
+        thinking off; its reasoning so far is dropped, never shown.
+        """
+        if self.answering or not sent.think or not self.state.backend.switches_thinking:
+            return False
+        self._without_thinking = True
+        self._held.clear()
+        self.note = f"{err.message}; asked again without thinking"
+        return True
+
     def _adapt(self) -> ChatRequest:
         """The request as this backend's model can take it."""
         state = self.state
         request = self._request
-        think = self.forecast.think and state.supports(Capability.THINKING)
+        think = (
+            self.forecast.think
+            and state.supports(Capability.THINKING)
+            and not self._without_thinking
+        )
         if request.tools and not state.supports(Capability.TOOLS):
             request = request.without_tools()
         return replace(request, think=think)
@@ -240,6 +267,16 @@ class BackendAttempt:
         )
         clock = StreamClock(started=loop.time())
         server_stats: ServerStats | None = None
+        # The servers count reasoning in their cap: while thinking, none is
+        # sent and the answer is counted here. Reasoning may go on until as
+        # long before the turn's deadline as a first token may take: the
+        # time to ask again without thinking.
+        cap = config.max_tokens if request.think else None
+        reasoning_until = (
+            self._turn_deadline - config.first_token_timeout
+            if request.think
+            else math.inf
+        )
         stream = state.backend.chat(request)
         watchdog = _Watchdog()
         try:
@@ -250,17 +287,15 @@ class BackendAttempt:
                     if waiting_first
                     else min(loop.time() + config.stall_timeout, self._turn_deadline)
                 )
+                if not (waiting_first or self.answering):
+                    limit = min(limit, reasoning_until)
                 try:
                     event = await watchdog.wait(anext(stream), limit)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    if waiting_first:
-                        raise self._late(self.first_deadline) from None
-                    if limit >= self._turn_deadline:
-                        raise OutOfTime("the turn's time ran out") from None
-                    raise BackendTimeout(
-                        f"stalled for {config.stall_timeout:g} s"
+                    raise self._timed_out(
+                        waiting_first, limit, reasoning_until, clock
                     ) from None
                 match event:
                     case ServerStats():
@@ -279,17 +314,51 @@ class BackendAttempt:
                         self._token(clock, loop.time())
                         self.answering = True
                         yield event
+                if cap is not None and self._answer_pieces >= cap:
+                    server_stats = ServerStats(
+                        output_chunks=self._answer_pieces, cut_at_cap=True
+                    )
+                    break
         finally:
             watchdog.stop()
             await stream.aclose()
         split = splitter.flush()
         for out in self._split_events(split.reasoning, split.answer):
             yield out
+        self._finish(server_stats, clock)
+
+    def _timed_out(
+        self,
+        waiting_first: bool,
+        limit: float,
+        reasoning_until: float,
+        clock: StreamClock,
+    ) -> BackendError:
+        """Which deadline passed: the first token's, reasoning's, the turn's, a stall's."""
+        if waiting_first:
+            return self._late(self.first_deadline)
+        if limit == reasoning_until:
+            seconds = asyncio.get_running_loop().time() - clock.started
+            return ReasoningTooLong(
+                f"reasoned for {seconds:.0f} s without an answer word"
+            )
+        if limit >= self._turn_deadline:
+            return OutOfTime("the turn's time ran out")
+        return BackendTimeout(f"stalled for {self.state.config.stall_timeout:g} s")
+
+    def _finish(self, server_stats: ServerStats | None, clock: StreamClock) -> None:
+        """Judge a stream that ended; keep its statistics if it answered."""
         if server_stats is None:
             raise BadResponse("the answer ended early")
+        if server_stats.cut_at_cap and not self.answering:
+            raise CutAtCap(
+                "stopped at the token cap "
+                + ("while reasoning, " if self.reasoning_tokens else "")
+                + "before any answer word"
+            )
         if not self.answering:
             raise BadResponse("empty answer")
-        self.stats = summarize(server_stats, clock, loop.time())
+        self.stats = summarize(server_stats, clock, asyncio.get_running_loop().time())
 
     def awaits_first_token(self) -> bool:
         """Whether its first token is still to come, and not yet overdue."""
@@ -310,6 +379,7 @@ class BackendAttempt:
             if self.first_word is None:
                 self.first_word = asyncio.get_running_loop().time() - self.started
             self.answering = True
+            self._answer_pieces += 1
             events.append(TextDelta(answer))
         return events
 
