@@ -23,7 +23,7 @@ fastest, fastest with hedging, and the oracle that knows each server's true
 time): turns answered / turns answerable, and the p95 time to the first
 answer word over the answerable turns (inf when one is not answered).
 
-    .venv/bin/python -m bench.mishaps_day [--scale 0.1]
+    .venv/bin/python -m bench.mishaps_day [--scale 0.1] [--trace fastest+hedge]
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class MishapOllama(FakeOllama):
         )
 
 
-async def run_day(policy_name: str, scale: float) -> tuple[list[float], list[bool]]:
+async def run_day(
+    policy_name: str, scale: float, *, trace: bool = False
+) -> tuple[list[float], list[bool]]:
     """Each turn's time to its first answer word (inf: none), and answerable."""
     fakes = {speed.name: MishapOllama(speed, scale) for speed in (GPU, PI)}
     ports = {}
@@ -260,6 +262,16 @@ async def run_day(policy_name: str, scale: float) -> tuple[list[float], list[boo
                 pass
             if policy_name == "latency (peer)":
                 peer.record(turn)
+            if trace:
+                print(
+                    f"q{index:<3} t={question.at:5.1f} up={answerable[index]!s:5} "
+                    f"word={first_words[index]:6.2f} | "
+                    + "; ".join(
+                        f"{a.backend} {a.decision} {a.error or 'ok'}"
+                        + (f" ({a.note})" if a.note else "")
+                        for a in turn.attempts
+                    )
+                )
 
         background = [asyncio.create_task(probes(name)) for name in router.states]
         await asyncio.gather(*(ask(i, q) for i, q in enumerate(DAY)))
@@ -272,7 +284,10 @@ async def run_day(policy_name: str, scale: float) -> tuple[list[float], list[boo
     return first_words, answerable
 
 
-async def main(scale: float) -> None:
+async def main(scale: float, trace: str | None) -> None:
+    if trace:
+        await run_day(trace, scale, trace=True)
+        return
     print(
         f"{len(DAY)} turns, scale {scale:g}; time to the first answer word in "
         "real seconds, over the answerable turns"
@@ -289,5 +304,9 @@ async def main(scale: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument(
+        "--trace", choices=POLICIES, help="run one policy, printing every turn"
+    )
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main(parser.parse_args().scale))
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.scale, arguments.trace))

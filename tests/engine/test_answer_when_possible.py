@@ -337,3 +337,29 @@ async def test_length_before_any_answer_word_says_so_and_falls_back() -> None:
             "stopped at the token cap while reasoning, before any answer word",
         )
         assert router.states["Box"].breaker.consecutive_failures == 0
+
+
+async def test_a_server_that_stopped_answering_is_expected_to_load_when_back() -> None:
+    """A restarted Ollama has no model loaded: its last resort waits the load."""
+    async with gpu_off_and_a_cold_pi(load_seconds=0.8, keep_warm=False) as (
+        fake,
+        backends,
+    ):
+        router = TrackedRouter([backends[1]], settings=RouterSettings(cooldown=3600))
+        await collect(router, REQUEST)  # loads the model: its time is learnt
+        assert router.forecast("Pi").load == 0.0
+        port = fake.port
+        await fake.stop()
+        with pytest.raises(AllBackendsFailed):
+            await collect(router, REQUEST)
+        assert router.forecast("Pi").load == pytest.approx(0.8, abs=0.2)
+        fake.loaded.clear()
+        await fake.start(port)
+        turn, _ = await collect(router, REQUEST)
+        assert [(a.decision, a.error_kind) for a in turn.attempts] == [
+            (Decision.SKIPPED, ErrorKind.CIRCUIT_OPEN),
+            (Decision.LAST_RESORT, None),
+        ]
+        # Not overdue while loading: the breaker heard of no missed deadline.
+        assert router.states["Pi"].last_error is not None
+        assert router.states["Pi"].last_error.kind is ErrorKind.UNREACHABLE
