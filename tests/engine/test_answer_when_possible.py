@@ -27,6 +27,7 @@ from custom_components.llm_router.engine.models import (
     ChatMessage,
     ChatRequest,
     ReasoningDelta,
+    StreamEvent,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
 from custom_components.llm_router.engine.openai import OpenAIBackend
@@ -37,6 +38,7 @@ from custom_components.llm_router.engine.outcomes import (
 from custom_components.llm_router.engine.settings import RouterSettings
 from tests.conftest import until
 from tests.engine.test_router import (
+    ANSWER,
     HANG,
     ScriptedBackend,
     TrackedRouter,
@@ -363,3 +365,27 @@ async def test_a_server_that_stopped_answering_is_expected_to_load_when_back() -
         # Not overdue while loading: the breaker heard of no missed deadline.
         assert router.states["Pi"].last_error is not None
         assert router.states["Pi"].last_error.kind is ErrorKind.UNREACHABLE
+
+
+class Late(ScriptedBackend):
+    """Answers after a while, longer than its first-token deadline."""
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        self.requests.append(request)
+        await asyncio.sleep(0.2)
+        for event in ANSWER:
+            yield event
+
+
+async def test_a_late_first_token_reopens_the_way_for_the_next_turn() -> None:
+    """The miss opened the breaker; the late answer shows the server is there."""
+    pi = Late("Pi", 1, first_token_timeout=0.05)
+    router = TrackedRouter(
+        [pi], settings=RouterSettings(cooldown=3600, failure_threshold=1)
+    )
+    turn = router.route(REQUEST)
+    events = aiter(turn)
+    await anext(events)  # the late first word
+    assert router.states["Pi"].breaker.allows()
+    assert [e async for e in events]
+    assert turn.served_by == "Pi"

@@ -44,6 +44,9 @@ class AttemptHost(Protocol):
     def model_used(self, state: BackendState) -> None:
         """The server has just used the model."""
 
+    def answered_late(self, state: BackendState) -> None:
+        """A first token came after its deadline: the server answers after all."""
+
 
 class AttemptTurn(Protocol):
     """What an attempt reads of its turn."""
@@ -368,6 +371,8 @@ class BackendAttempt:
         if clock.first_token is None:
             self._first_token = True
             self._host.model_used(self.state)
+            if self.overdue:
+                self._host.answered_late(self.state)
         clock.token(now)
 
     def _split_events(self, reasoning: str, answer: str) -> list[RouterEvent]:

@@ -355,6 +355,16 @@ class Router:
         if breaker:
             self._breaker_failure(state, error)
 
+    def answered_late(self, state: BackendState) -> None:
+        """An overdue first token came: the breaker forgets the miss.
+
+        The server answers; an open breaker would keep it out of the next
+        turns for a cooldown, while it is busy answering this one.
+        """
+        state.breaker.record_success()
+        self._cancel_cooldown(state)
+        self.notify()
+
     def missed_deadline(self, state: BackendState, error: BackendError) -> None:
         """A first token is overdue: the breaker hears of it at once.
 
