@@ -253,6 +253,14 @@ def _parts(forecast: Forecast | None, scale: float) -> str:
     )
 
 
+async def probe_forever(router: Router, name: str, scale: float) -> None:
+    """Health checks as Home Assistant runs them: more often while down."""
+    while True:
+        up = await router.async_probe(name)
+        every = PROBE_EVERY if up else PROBE_EVERY_WHILE_DOWN
+        await asyncio.sleep(every * scale)
+
+
 def scaled_settings(scale: float, *, hedging: bool) -> RouterSettings:
     """The router's defaults, with time shortened by scale."""
     return RouterSettings(
@@ -338,12 +346,6 @@ async def run_day(
         async def sleep_until(real_seconds: float) -> None:
             await asyncio.sleep(max(0.0, at(real_seconds) - time.monotonic()))
 
-        async def probes(name: str) -> None:
-            while True:
-                up = await router.async_probe(name)
-                every = PROBE_EVERY if up else PROBE_EVERY_WHILE_DOWN
-                await asyncio.sleep(every * scale)
-
         async def gpu_schedule() -> None:
             nonlocal gpu_up
             await sleep_until(GPU_ON)
@@ -424,8 +426,8 @@ async def run_day(
                     )
 
         background = [
-            asyncio.create_task(probes("Pi")),
-            asyncio.create_task(probes("GPU")),
+            asyncio.create_task(probe_forever(router, "Pi", scale)),
+            asyncio.create_task(probe_forever(router, "GPU", scale)),
             asyncio.create_task(gpu_schedule()),
             asyncio.create_task(other_client()),
         ]

@@ -38,7 +38,13 @@ from typing import Any
 
 import aiohttp
 
-from bench.household_day import LatencyPeer, Oracle, percentile, scaled_settings
+from bench.household_day import (
+    LatencyPeer,
+    Oracle,
+    percentile,
+    probe_forever,
+    scaled_settings,
+)
 from custom_components.llm_router.engine.models import (
     BackendConfig,
     BackendKind,
@@ -120,7 +126,6 @@ OUTAGES = [
     ("GPU", 150.0, None),
     ("Pi", 200.0, 200.5),
 ]
-PROBE_EVERY, PROBE_EVERY_WHILE_DOWN = 30.0, 10.0
 POLICIES = ["ordered", "latency (peer)", "fastest", "fastest+hedge", "oracle"]
 
 
@@ -238,12 +243,6 @@ async def run_day(
             settings=scaled_settings(scale, hedging=policy_name == "fastest+hedge"),
         )
 
-        async def probes(name: str) -> None:
-            while True:
-                up = await router.async_probe(name)
-                every = PROBE_EVERY if up else PROBE_EVERY_WHILE_DOWN
-                await asyncio.sleep(every * scale)
-
         async def ask(index: int, question: Question) -> None:
             await sleep_until(question.at)
             current["q"] = question
@@ -273,7 +272,10 @@ async def run_day(
                     )
                 )
 
-        background = [asyncio.create_task(probes(name)) for name in router.states]
+        background = [
+            asyncio.create_task(probe_forever(router, name, scale))
+            for name in router.states
+        ]
         await asyncio.gather(*(ask(i, q) for i, q in enumerate(DAY)))
         for task in [*background, *outages]:
             task.cancel()
