@@ -253,6 +253,37 @@ def _parts(forecast: Forecast | None, scale: float) -> str:
     )
 
 
+async def probe_forever(router: Router, name: str, scale: float) -> None:
+    """Health checks as Home Assistant runs them: more often while down."""
+    while True:
+        up = await router.async_probe(name)
+        every = PROBE_EVERY if up else PROBE_EVERY_WHILE_DOWN
+        await asyncio.sleep(every * scale)
+
+
+def scaled_settings(scale: float, *, hedging: bool) -> RouterSettings:
+    """The router's defaults, with time shortened by scale."""
+    return RouterSettings(
+        turn_timeout=120 * scale,
+        cooldown=30 * scale,
+        probe_timeout=10 * scale,
+        latency_budget=3 * scale,
+        hedging=hedging,
+        predictor=PredictorSettings(
+            prompt_speed=100 / scale,
+            generation_speed=10 / scale,
+            load_seconds=20 * scale,
+            network_seconds=0.1 * scale,
+            load_noticeable=0.5 * scale,
+            congestion_fades=30 * scale,
+            hedge_min=0.5 * scale,
+            hedge_max=4 * scale,
+            warm_margin=60 * scale,
+            default_keep_alive=300 * scale,
+        ),
+    )
+
+
 async def run_day(
     policy_name: str, scale: float, *, trace: bool = False
 ) -> list[Outcome]:
@@ -277,25 +308,7 @@ async def run_day(
         "fastest+hedge": FastestPolicy(),
         "oracle": Oracle(truth),
     }
-    settings = RouterSettings(
-        turn_timeout=120 * scale,
-        cooldown=30 * scale,
-        probe_timeout=10 * scale,
-        latency_budget=3 * scale,
-        hedging=policy_name == "fastest+hedge",
-        predictor=PredictorSettings(
-            prompt_speed=100 / scale,
-            generation_speed=10 / scale,
-            load_seconds=20 * scale,
-            network_seconds=0.1 * scale,
-            load_noticeable=0.5 * scale,
-            congestion_fades=30 * scale,
-            hedge_min=0.5 * scale,
-            hedge_max=4 * scale,
-            warm_margin=60 * scale,
-            default_keep_alive=300 * scale,
-        ),
-    )
+    settings = scaled_settings(scale, hedging=policy_name == "fastest+hedge")
     outcomes = [Outcome() for _ in DAY]
     async with aiohttp.ClientSession() as session:
 
@@ -332,12 +345,6 @@ async def run_day(
 
         async def sleep_until(real_seconds: float) -> None:
             await asyncio.sleep(max(0.0, at(real_seconds) - time.monotonic()))
-
-        async def probes(name: str) -> None:
-            while True:
-                up = await router.async_probe(name)
-                every = PROBE_EVERY if up else PROBE_EVERY_WHILE_DOWN
-                await asyncio.sleep(every * scale)
 
         async def gpu_schedule() -> None:
             nonlocal gpu_up
@@ -419,8 +426,8 @@ async def run_day(
                     )
 
         background = [
-            asyncio.create_task(probes("Pi")),
-            asyncio.create_task(probes("GPU")),
+            asyncio.create_task(probe_forever(router, "Pi", scale)),
+            asyncio.create_task(probe_forever(router, "GPU", scale)),
             asyncio.create_task(gpu_schedule()),
             asyncio.create_task(other_client()),
         ]

@@ -67,6 +67,27 @@ async def test_ask_reports_a_fallback_turn(
     assert hass.states.get("sensor.llm_router_fallbacks").state == "1"
 
 
+async def test_ask_says_when_reasoning_was_stopped_and_asked_again(
+    hass: HomeAssistant, ollama: FakeOllama
+) -> None:
+    await setup_router(
+        hass, router_entry(backend("Pi", "ollama", ollama.url, "qwen3", 1, think=True))
+    )
+    thinking = " ".join(["step"] * 50)
+    ollama.script(
+        Reply(text="It is closed.", thinking=thinking, length_after=20),
+        Reply(text="It is closed."),
+    )
+    response = await ask(hass, text="Is the garage door closed?")
+    assert response["response"] == "It is closed."
+    (served,) = response["attempts"]
+    assert served["outcome"] == "ok"
+    assert served["note"] == (
+        "stopped at the token cap while reasoning, before any answer word; "
+        "asked again without thinking"
+    )
+
+
 async def test_ask_continues_a_conversation(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:

@@ -315,6 +315,14 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
         return self.coordinator.router.forecast(self.coordinator.backend_name)
 
     @property
+    def available(self) -> bool:
+        """Not while the backend is down or its breaker open: it would not answer."""
+        state = self.backend
+        return (
+            super().available and state.online is not False and state.breaker.allows()
+        )
+
+    @property
     def native_value(self) -> float | None:
         """Milliseconds; unknown while the backend is busy for an unknown time."""
         total = self._forecast().total

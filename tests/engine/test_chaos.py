@@ -8,7 +8,8 @@ ends, gives an answer or exactly one failure, speaks no reasoning and
 raises nothing else (how long deadlines make a turn take is a timing claim
 for bench/dead_backend.py, not an assert that a slower machine could miss); per
 wave, no task or slot is left behind; at the end the router's counters
-equal what the fakes saw.
+equal what the fakes saw, and at least 95 % of the turns in which some
+server would have answered got an answer (whole, or partial with its note).
 
     LLM_ROUTER_CHAOS_SEED=7 scripts/in-env .venv/bin/python -m pytest \
         tests/engine/test_chaos.py
@@ -65,7 +66,7 @@ TURNS = int(os.environ.get("LLM_ROUTER_CHAOS_TURNS", "1000"))
 CONNECT = 0.2
 FIRST_TOKEN = 0.1
 STALL = 0.1
-TURN_TIMEOUT = 3.0
+TURN_TIMEOUT = 1.5
 HUNG = 120.0
 """A wave still running after this long is hung, not slow: the router's turn
 deadline (TURN_TIMEOUT) ends every turn long before, on any machine."""
@@ -96,6 +97,8 @@ WEIGHTS = {fault: 4 if fault is Fault.HEALTHY else 1 for fault in Fault}
 """How often each fault is drawn (refusals: per wave, as often)."""
 WHOLE = {Fault.HEALTHY, Fault.DRIBBLE, Fault.TOOLS_REFUSED}
 """Faults whose answer arrives whole (400 tools: once asked without tools)."""
+ANSWERED_SHARE = 0.95
+"""Of the turns in which some server would have answered, those answered."""
 
 
 @dataclass
@@ -251,13 +254,23 @@ def check_turn(outcome: Outcome, plans: dict[str, Plan], order: list[str]) -> No
     interruptions = [e for e in outcome.events if isinstance(e, Interrupted)]
     assert SECRET not in answer, f"{where}: reasoning spoken: {answer!r}"
     attempts = outcome.turn.attempts
-    # A backend passed over as busy is asked again last, in line.
-    first_pass = [a.backend for a in attempts if a.decision is not Decision.QUEUED]
-    passed_over = [a.backend for a in attempts if a.error_kind is ErrorKind.BUSY]
+    # A backend passed over as busy is asked again last, in line; one
+    # skipped for its open breaker may be tried at the very end.
+    later = {
+        Decision.QUEUED: ErrorKind.BUSY,
+        Decision.LAST_RESORT: ErrorKind.CIRCUIT_OPEN,
+    }
+    # Noted as they end: one overdue ends after the next one started.
+    first_pass = sorted(
+        (a.backend for a in attempts if a.decision not in later), key=order.index
+    )
     assert first_pass == order[: len(first_pass)], where
-    assert all(
-        a.backend in passed_over for a in attempts if a.decision is Decision.QUEUED
-    ), where
+    for attempt in attempts:
+        if attempt.decision in later:
+            passed_over = [
+                a.backend for a in attempts if a.error_kind is later[attempt.decision]
+            ]
+            assert attempt.backend in passed_over, where
     assert all(not a.ok for a in attempts[:-1]), where
     if outcome.failure is not None:
         assert not answer, f"{where}: spoke, then failed"
@@ -285,9 +298,14 @@ def check_attempt(attempt: Attempt, handed: list[Handed], where: str) -> None:
             [Handed.WHOLE],
             [Handed.TOOLS_REFUSED, Handed.WHOLE],  # retried without tools
         ), where
-    elif attempt.error == "connection refused":
+    elif attempt.error in ("connection refused", "connect timed out"):
         assert not handed, where
-    elif attempt.error_kind is ErrorKind.TIMED_OUT:
+    elif attempt.error_kind in (
+        ErrorKind.TIMED_OUT,
+        ErrorKind.OUT_OF_TIME,
+        ErrorKind.BUSY,  # overdue in line: the next backend answered first
+        ErrorKind.CANCELLED,  # started beside an overdue one, which answered
+    ):
         # On a busy event loop any request may miss a deadline this short.
         assert len(handed) <= 2, where
     elif attempt.error == "connection failed: Server disconnected":
@@ -453,10 +471,22 @@ def check_counters(
         )
     answered = {number for number, handed in tally.handed.items() if handed}
     assert answered <= {number for number, _ in attempts}, where
-    seen = [r for r in target.fake.requests if r["path"] == target.chat_path]
+    # Not warm-ups (a chat without messages): the Pi is kept warm while
+    # the others are down.
+    seen = [
+        r
+        for r in target.fake.requests
+        if r["path"] == target.chat_path and r["body"].get("messages")
+    ]
     assert len(seen) == sum(map(len, tally.handed.values())), where
-    assert state.requests == len(attempts), where
-    assert state.failures == sum(not attempt.ok for _, attempt in attempts), where
+    # Cut off by the turn's deadline, or beaten by another: not the backend's.
+    counted = [
+        a
+        for _, a in attempts
+        if a.error_kind not in (ErrorKind.OUT_OF_TIME, ErrorKind.CANCELLED)
+    ]
+    assert state.requests == len(counted), where
+    assert state.failures == sum(not attempt.ok for attempt in counted), where
 
 
 async def test_chaos(session: aiohttp.ClientSession) -> None:
@@ -485,6 +515,19 @@ async def test_chaos(session: aiohttp.ClientSession) -> None:
             await router.close()
         for target in targets:
             check_counters(router, target, tallies[target.name], plans, outcomes)
+        answerable = [
+            outcome
+            for outcome in outcomes
+            if any(plan.fault in WHOLE for plan in plans[outcome.number].values())
+        ]
+        answered = [outcome for outcome in answerable if outcome.failure is None]
+        print(
+            f"{len(answered)} of {len(answerable)} turns with a healthy server answered"
+        )
+        assert len(answered) >= ANSWERED_SHARE * len(answerable), (
+            f"seed {SEED}: {len(answered)} of {len(answerable)} turns with a "
+            "healthy server answered"
+        )
         assert not router._cooldowns, f"seed {SEED}"
         assert not router._probes, f"seed {SEED}"
     assert not await stray_tasks(), f"seed {SEED}: {await stray_tasks()}"

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import replace
+import math
 from typing import Protocol
 
 from .errors import (
@@ -14,7 +15,9 @@ from .errors import (
     BackendTimeout,
     BadResponse,
     CapabilityUnsupported,
+    CutAtCap,
     OutOfTime,
+    ReasoningTooLong,
 )
 from .models import (
     Capability,
@@ -41,6 +44,9 @@ class AttemptHost(Protocol):
     def model_used(self, state: BackendState) -> None:
         """The server has just used the model."""
 
+    def answered_late(self, state: BackendState) -> None:
+        """A first token came after its deadline: the server answers after all."""
+
 
 class AttemptTurn(Protocol):
     """What an attempt reads of its turn."""
@@ -61,9 +67,12 @@ class AttemptTurn(Protocol):
 class BackendAttempt:
     """Streaming one request from one backend, under its deadlines.
 
-    Its first-token budget starts when it starts: waiting for a slot comes
-    out of it. The turn's deadline caps everything; when that is what runs
-    out, it is the turn's fault, not the backend's.
+    Its first-token budget starts when it starts, after the model load the
+    forecast expects: waiting for a slot comes out of it, a load does not.
+    Missing it does not end the attempt: the turn counts the miss and starts
+    the next backend beside it (see Turn), and it may still answer until the
+    turn's deadline. When that is what cuts it off, it is the turn's fault,
+    unless its own deadline had passed before.
     """
 
     def __init__(
@@ -80,13 +89,24 @@ class BackendAttempt:
         self._request = turn.request
         self._turn_deadline = turn.deadline
         self.started = asyncio.get_running_loop().time()
+        self.first_deadline = min(
+            self.started + predicted.load + state.config.first_token_timeout,
+            self._turn_deadline,
+        )
+        """By when its first token is due (loop time), the expected load after."""
+        self.overdue = False
+        """Its first token was due and has not come: the miss is counted."""
         self.hedged = False
         self.hedge_not_before = 0.0
         self.answering = False
         self.queued = 0.0
         self.slot_seconds = 0.0
         self.first_word: float | None = None
+        self._first_token = False
         self.reasoning_tokens = 0
+        self._answer_pieces = 0
+        self._without_thinking = False
+        self.note: str | None = None
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
         # In line from now on, so that the next turn sees this slot as taken.
@@ -150,28 +170,30 @@ class BackendAttempt:
             forecast=self.forecast,
             first_word=self.first_word,
             queued=self.queued,
+            note=self.note,
         )
 
-    def _late(self, limit: float, reason: str) -> BackendError:
+    def missed(self) -> BackendError:
+        """What it means that the first token is overdue: busy, or silent."""
+        if self._in_line:
+            return BackendBusy("busy with other requests")
+        first_token = self.state.config.first_token_timeout
+        return BackendTimeout(f"no first token within {first_token:g} s")
+
+    def _late(self, limit: float) -> BackendError:
         """The error for a deadline: the backend's, unless the turn's was first."""
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
-        return BackendTimeout(reason)
+        return self.missed()
 
     async def _run(self) -> AsyncGenerator[RouterEvent]:
         state = self.state
-        config = state.config
         loop = asyncio.get_running_loop()
-        first_deadline = min(
-            self.started + config.first_token_timeout, self._turn_deadline
-        )
         try:
-            async with asyncio.timeout_at(first_deadline):
+            async with asyncio.timeout_at(self._turn_deadline):
                 await state.slots.acquire()
         except TimeoutError:
-            if first_deadline >= self._turn_deadline:
-                raise OutOfTime("the turn's time ran out") from None
-            raise BackendBusy("busy with other requests") from None
+            raise self._late(self.first_deadline) from None
         finally:
             self._leave_line()
         taken = loop.time()
@@ -180,15 +202,15 @@ class BackendAttempt:
         state.holding.append(hold)
         try:
             try:
-                async with asyncio.timeout_at(first_deadline):
+                async with asyncio.timeout_at(self._turn_deadline):
                     await self._host.model_details(state)
             except TimeoutError:
-                raise self._late(first_deadline, "no answer in time") from None
+                raise self._late(self.first_deadline) from None
             while True:
                 sent = self._adapt()
                 try:
                     # Closed here, so that an abandoned turn closes the stream.
-                    async with aclosing(self._stream(sent, first_deadline)) as events:
+                    async with aclosing(self._stream(sent)) as events:
                         async for event in events:
                             yield event
                     return
@@ -203,23 +225,41 @@ class BackendAttempt:
                         raise
                     # Learnt the hard way: retry at once without the feature.
                     state.unsupported.add(capability)
+                except (ReasoningTooLong, CutAtCap) as err:
+                    if not self._ask_without_thinking(sent, err):
+                        raise
         finally:
             state.holding.remove(hold)
             self.slot_seconds = loop.time() - taken
             state.slots.release()
 
+    def _ask_without_thinking(self, sent: ChatRequest, err: BackendError) -> bool:
+        """Whether to ask again, without thinking, after reasoning hit its bound.
+
+        Only before any answer word, and where the server can switch
+        thinking off; its reasoning so far is dropped, never shown.
+        """
+        if self.answering or not sent.think or not self.state.backend.switches_thinking:
+            return False
+        self._without_thinking = True
+        self._held.clear()
+        self.note = f"{err.message}; asked again without thinking"
+        return True
+
     def _adapt(self) -> ChatRequest:
         """The request as this backend's model can take it."""
         state = self.state
         request = self._request
-        think = self.forecast.think and state.supports(Capability.THINKING)
+        think = (
+            self.forecast.think
+            and state.supports(Capability.THINKING)
+            and not self._without_thinking
+        )
         if request.tools and not state.supports(Capability.TOOLS):
             request = request.without_tools()
         return replace(request, think=think)
 
-    async def _stream(
-        self, request: ChatRequest, first_deadline: float
-    ) -> AsyncGenerator[RouterEvent]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
         state = self.state
         config = state.config
         loop = asyncio.get_running_loop()
@@ -230,27 +270,36 @@ class BackendAttempt:
         )
         clock = StreamClock(started=loop.time())
         server_stats: ServerStats | None = None
+        # The servers count reasoning in their cap: while thinking, none is
+        # sent and the answer is counted here. Reasoning may go on until as
+        # long before the turn's deadline as a first token may take: the
+        # time to ask again without thinking.
+        cap = config.max_tokens if request.think else None
+        reasoning_until = (
+            self._turn_deadline - config.first_token_timeout
+            if request.think
+            else math.inf
+        )
         stream = state.backend.chat(request)
         watchdog = _Watchdog()
         try:
             while True:
                 waiting_first = clock.first_token is None
                 limit = (
-                    first_deadline
+                    self._turn_deadline
                     if waiting_first
                     else min(loop.time() + config.stall_timeout, self._turn_deadline)
                 )
+                if not (waiting_first or self.answering):
+                    limit = min(limit, reasoning_until)
                 try:
                     event = await watchdog.wait(anext(stream), limit)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    reason = (
-                        f"no first token within {config.first_token_timeout:g} s"
-                        if waiting_first
-                        else f"stalled for {config.stall_timeout:g} s"
-                    )
-                    raise self._late(limit, reason) from None
+                    raise self._timed_out(
+                        waiting_first, limit, reasoning_until, clock
+                    ) from None
                 match event:
                     case ServerStats():
                         server_stats = event
@@ -268,21 +317,62 @@ class BackendAttempt:
                         self._token(clock, loop.time())
                         self.answering = True
                         yield event
+                if cap is not None and self._answer_pieces >= cap:
+                    server_stats = ServerStats(
+                        output_chunks=self._answer_pieces, cut_at_cap=True
+                    )
+                    break
         finally:
             watchdog.stop()
             await stream.aclose()
         split = splitter.flush()
         for out in self._split_events(split.reasoning, split.answer):
             yield out
+        self._finish(server_stats, clock)
+
+    def _timed_out(
+        self,
+        waiting_first: bool,
+        limit: float,
+        reasoning_until: float,
+        clock: StreamClock,
+    ) -> BackendError:
+        """Which deadline passed: the first token's, reasoning's, the turn's, a stall's."""
+        if waiting_first:
+            return self._late(self.first_deadline)
+        if limit == reasoning_until:
+            seconds = asyncio.get_running_loop().time() - clock.started
+            return ReasoningTooLong(
+                f"reasoned for {seconds:.0f} s without an answer word"
+            )
+        if limit >= self._turn_deadline:
+            return OutOfTime("the turn's time ran out")
+        return BackendTimeout(f"stalled for {self.state.config.stall_timeout:g} s")
+
+    def _finish(self, server_stats: ServerStats | None, clock: StreamClock) -> None:
+        """Judge a stream that ended; keep its statistics if it answered."""
         if server_stats is None:
             raise BadResponse("the answer ended early")
+        if server_stats.cut_at_cap and not self.answering:
+            raise CutAtCap(
+                "stopped at the token cap "
+                + ("while reasoning, " if self.reasoning_tokens else "")
+                + "before any answer word"
+            )
         if not self.answering:
             raise BadResponse("empty answer")
-        self.stats = summarize(server_stats, clock, loop.time())
+        self.stats = summarize(server_stats, clock, asyncio.get_running_loop().time())
+
+    def awaits_first_token(self) -> bool:
+        """Whether its first token is still to come, and not yet overdue."""
+        return not (self._first_token or self.overdue)
 
     def _token(self, clock: StreamClock, now: float) -> None:
         if clock.first_token is None:
+            self._first_token = True
             self._host.model_used(self.state)
+            if self.overdue:
+                self._host.answered_late(self.state)
         clock.token(now)
 
     def _split_events(self, reasoning: str, answer: str) -> list[RouterEvent]:
@@ -294,6 +384,7 @@ class BackendAttempt:
             if self.first_word is None:
                 self.first_word = asyncio.get_running_loop().time() - self.started
             self.answering = True
+            self._answer_pieces += 1
             events.append(TextDelta(answer))
         return events
 

@@ -21,6 +21,8 @@ class Decision(StrEnum):
     """Started beside another that had said no answer word by its hedge delay."""
     QUEUED = "queued"
     """Waited in line, after every other backend was busy or failed."""
+    LAST_RESORT = "last_resort"
+    """Tried though its breaker is open: every other backend had failed."""
     SKIPPED = "skipped"
 
 
@@ -43,6 +45,9 @@ class Attempt:
     """Seconds spent waiting for a slot."""
     waking: bool = False
     """The backend was found down and is being woken; the next one answers."""
+    note: str | None = None
+    """What the router did about the answer, such as asking again without
+    thinking."""
 
     @property
     def ok(self) -> bool:

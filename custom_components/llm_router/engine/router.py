@@ -18,7 +18,7 @@ from .models import (
     ModelDetails,
     ProbeResult,
 )
-from .policy import OrderedPolicy, Policy, by_priority
+from .policy import OrderedPolicy, Policy
 from .predictor import Forecast, Observation, forecast, keep_alive_seconds
 from .servers import Server
 from .settings import RouterSettings
@@ -94,7 +94,12 @@ class Router:
         return lambda: self._listeners.remove(listener)
 
     def notify(self) -> None:
-        """Tell the listeners that something changed."""
+        """Tell the listeners that something changed.
+
+        Health may have: the backend to keep warm is chosen again.
+        """
+        for state in self.states.values():
+            self._keep_warm(state)
         for listener in list(self._listeners):
             listener()
 
@@ -175,6 +180,9 @@ class Router:
         elif error is not None and state.online is not False:
             _LOGGER.warning("Backend %s is unavailable: %s", state.name, error)
         state.online = error is None
+        if error is not None:
+            # Back after a restart, it loads the model first: expect that.
+            state.loaded_until = -math.inf
 
     def _record_probe_success(self, state: BackendState, result: ProbeResult) -> None:
         state.version = result.version
@@ -237,12 +245,26 @@ class Router:
         task.add_done_callback(lambda _: self._probes.pop(name, None))
 
     def keeps_warm(self, state: BackendState) -> bool:
-        """Whether the router loads this backend's model ahead of requests."""
+        """Whether the router loads this backend's model ahead of requests.
+
+        Unless configured: the one that would serve the next turn.
+        """
         if not state.backend.loads_models:
             return False
         if state.config.keep_warm is not None:
             return state.config.keep_warm
-        return by_priority(list(self.states.values()))[0] is state
+        return self.next_choice() is state
+
+    def next_choice(self) -> BackendState | None:
+        """The backend the next turn would try first, of those answering."""
+        return next(
+            (
+                state
+                for state in self.candidates()
+                if state.breaker.allows() and state.online is not False
+            ),
+            None,
+        )
 
     def _keep_warm(self, state: BackendState) -> None:
         """Load the model now, or plan to when it is about to be unloaded.
@@ -363,14 +385,37 @@ class Router:
         self.model_used(state)
         state.power.note_served()
 
-    def record_failure(self, state: BackendState, error: BackendError) -> None:
-        """Count a failure of the backend."""
+    def record_failure(
+        self, state: BackendState, error: BackendError, *, breaker: bool = True
+    ) -> None:
+        """Count a failure of the backend (and tell its breaker)."""
         state.requests += 1
         state.failures += 1
         state.last_error = error
         if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED):
             self._set_online(state, error)
+        if breaker:
+            self._breaker_failure(state, error)
+
+    def answered_late(self, state: BackendState) -> None:
+        """An overdue first token came: the breaker forgets the miss.
+
+        The server answers; an open breaker would keep it out of the next
+        turns for a cooldown, while it is busy answering this one.
+        """
+        state.breaker.record_success()
+        self._cancel_cooldown(state)
+        self.notify()
+
+    def missed_deadline(self, state: BackendState, error: BackendError) -> None:
+        """A first token is overdue: the breaker hears of it at once.
+
+        The attempt goes on (a late answer beats none) and is counted when it
+        ends.
+        """
+        state.last_error = error
         self._breaker_failure(state, error)
+        self.notify()
 
     async def model_details(self, state: BackendState) -> ModelDetails:
         """The backend's model details, fetched once."""
