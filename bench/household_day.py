@@ -58,19 +58,17 @@ from custom_components.llm_router.engine.models import (
     TextDelta,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
+from custom_components.llm_router.engine.outcomes import AllBackendsFailed
 from custom_components.llm_router.engine.policy import (
     FastestPolicy,
     OrderedPolicy,
     Policy,
 )
 from custom_components.llm_router.engine.predictor import Forecast, PredictorSettings
-from custom_components.llm_router.engine.router import (
-    AllBackendsFailed,
-    BackendState,
-    Router,
-    RouterSettings,
-    Turn,
-)
+from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.settings import RouterSettings
+from custom_components.llm_router.engine.state import BackendState
+from custom_components.llm_router.engine.turn import Turn
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 

@@ -65,7 +65,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_import_graph_is_read() -> None:
     graph = import_graph()
     assert f"{PACKAGE}.engine.router" in graph[f"{PACKAGE}.chat"]
-    assert f"{PACKAGE}.engine.breaker" in graph[f"{PACKAGE}.engine.router"]
+    assert f"{PACKAGE}.engine.breaker" in graph[f"{PACKAGE}.engine.state"]
 
 
 def test_no_import_circles() -> None:

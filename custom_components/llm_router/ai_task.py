@@ -16,7 +16,7 @@ import probatio
 
 from .chat import async_run_chat_log, backends_failed_error, json_schema
 from .const import DOMAIN, LOGGER
-from .engine.router import AllBackendsFailed
+from .engine.outcomes import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
 

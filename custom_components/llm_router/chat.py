@@ -26,7 +26,9 @@ from .engine.models import (
     ToolCallDelta,
     ToolSpec,
 )
-from .engine.router import AllBackendsFailed, Attempt, Interrupted, Router, Turn
+from .engine.outcomes import AllBackendsFailed, Attempt, Interrupted
+from .engine.router import Router
+from .engine.turn import Turn
 from .runtime import LLMRouterConfigEntry
 
 

@@ -11,7 +11,7 @@ from homeassistant.helpers import intent
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .chat import async_answer, async_end_turn_with_failure
-from .engine.router import AllBackendsFailed
+from .engine.outcomes import AllBackendsFailed
 from .entity import LLMRouterEntity
 from .runtime import LLMRouterConfigEntry
 

@@ -11,7 +11,8 @@ from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.const import CONF_API_KEY, CONF_URL
 from homeassistant.core import HomeAssistant
 
-from .engine.router import BackendState, Router
+from .engine.router import Router
+from .engine.state import BackendState
 from .engine.urls import without_credentials
 from .runtime import LLMRouterConfigEntry
 

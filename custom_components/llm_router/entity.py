@@ -10,7 +10,7 @@ from homeassistant.helpers.update_coordinator import CoordinatorEntity
 from .const import DOMAIN
 from .coordinator import BackendHealthCoordinator
 from .engine.models import BackendKind
-from .engine.router import BackendState
+from .engine.state import BackendState
 from .engine.urls import without_credentials
 from .runtime import LLMRouterConfigEntry
 

@@ -45,8 +45,9 @@ from .engine.models import BackendConfig, BackendKind
 from .engine.ollama import OllamaBackend, parse_keep_alive
 from .engine.openai import OpenAIBackend
 from .engine.policy import PolicyName, create_policy
-from .engine.router import Router, RouterSettings
+from .engine.router import Router
 from .engine.servers import ServerRegistry
+from .engine.settings import RouterSettings
 from .engine.urls import InvalidURL, normalize_url
 
 

@@ -23,7 +23,7 @@ from .coordinator import BackendHealthCoordinator
 from .engine.errors import ErrorKind
 from .engine.models import BackendKind
 from .engine.predictor import Forecast
-from .engine.router import BackendState
+from .engine.state import BackendState
 from .entity import LLMRouterBackendEntity, LLMRouterStateEntity
 from .runtime import LLMRouterConfigEntry, LLMRouterData
 

@@ -33,7 +33,7 @@ from .chat import (
 )
 from .const import DOMAIN
 from .engine.models import ChatMessage, ChatRequest
-from .engine.router import AllBackendsFailed, Attempt
+from .engine.outcomes import AllBackendsFailed, Attempt
 from .engine.stats import GenerationStats
 from .runtime import LLMRouterConfigEntry
 

@@ -44,16 +44,16 @@ from custom_components.llm_router.engine.models import (
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
 from custom_components.llm_router.engine.openai import OpenAIBackend
-from custom_components.llm_router.engine.router import (
+from custom_components.llm_router.engine.outcomes import (
     AllBackendsFailed,
     Attempt,
     Decision,
     Interrupted,
-    Router,
     RouterEvent,
-    RouterSettings,
-    Turn,
 )
+from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.settings import RouterSettings
+from custom_components.llm_router.engine.turn import Turn
 from tests.fakes.base import FakeServer, Reply
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI

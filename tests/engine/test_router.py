@@ -34,13 +34,13 @@ from custom_components.llm_router.engine.models import (
     ToolCallDelta,
     ToolSpec,
 )
-from custom_components.llm_router.engine.router import (
+from custom_components.llm_router.engine.outcomes import (
     AllBackendsFailed,
     Interrupted,
-    Router,
     RouterEvent,
-    RouterSettings,
 )
+from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.settings import RouterSettings
 from tests.conftest import until
 
 HANG = object()

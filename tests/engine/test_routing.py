@@ -31,6 +31,7 @@ from custom_components.llm_router.engine.models import (
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
 from custom_components.llm_router.engine.openai import OpenAIBackend
+from custom_components.llm_router.engine.outcomes import AllBackendsFailed, Decision
 from custom_components.llm_router.engine.policy import (
     FastestPolicy,
     LocalFirstPolicy,
@@ -46,12 +47,8 @@ from custom_components.llm_router.engine.predictor import (
     keep_alive_seconds,
     prompt_tokens,
 )
-from custom_components.llm_router.engine.router import (
-    AllBackendsFailed,
-    Decision,
-    Router,
-    RouterSettings,
-)
+from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.settings import RouterSettings
 from custom_components.llm_router.engine.stats import GenerationStats
 from tests.conftest import until
 from tests.engine.test_router import (

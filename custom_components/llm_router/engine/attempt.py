@@ -1,0 +1,349 @@
+"""One backend's attempt at a turn's request, under its deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Protocol
+
+from .errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BadResponse,
+    CapabilityUnsupported,
+    OutOfTime,
+)
+from .models import (
+    Capability,
+    ChatRequest,
+    ModelDetails,
+    ReasoningDelta,
+    ServerStats,
+    TextDelta,
+    ToolCallDelta,
+)
+from .outcomes import Attempt, Decision, RouterEvent
+from .predictor import Forecast, Hold
+from .reasoning import ReasoningSplitter
+from .state import BackendState
+from .stats import GenerationStats, StreamClock, summarize
+
+
+class AttemptHost(Protocol):
+    """What an attempt asks of the router."""
+
+    async def model_details(self, state: BackendState) -> ModelDetails:
+        """The backend's model details, fetched once."""
+
+    def model_used(self, state: BackendState) -> None:
+        """The server has just used the model."""
+
+
+class AttemptTurn(Protocol):
+    """What an attempt reads of its turn."""
+
+    @property
+    def host(self) -> AttemptHost:
+        """The router."""
+
+    @property
+    def request(self) -> ChatRequest:
+        """The request as asked."""
+
+    @property
+    def deadline(self) -> float:
+        """When the turn's time runs out (loop time)."""
+
+
+class BackendAttempt:
+    """Streaming one request from one backend, under its deadlines.
+
+    Its first-token budget starts when it starts: waiting for a slot comes
+    out of it. The turn's deadline caps everything; when that is what runs
+    out, it is the turn's fault, not the backend's.
+    """
+
+    def __init__(
+        self,
+        turn: AttemptTurn,
+        state: BackendState,
+        predicted: Forecast,
+        decision: Decision,
+    ) -> None:
+        self._host = turn.host
+        self.state = state
+        self.forecast = predicted
+        self.decision = decision
+        self._request = turn.request
+        self._turn_deadline = turn.deadline
+        self.started = asyncio.get_running_loop().time()
+        self.hedged = False
+        self.hedge_not_before = 0.0
+        self.answering = False
+        self.queued = 0.0
+        self.slot_seconds = 0.0
+        self.first_word: float | None = None
+        self.reasoning_tokens = 0
+        self.stats: GenerationStats | None = None
+        self._held: list[RouterEvent] = []
+        # In line from now on, so that the next turn sees this slot as taken.
+        state.waiting += 1
+        self._in_line = True
+        self._events = self._run()
+        self._pull: asyncio.Task[RouterEvent | None] | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since the attempt started."""
+        return asyncio.get_running_loop().time() - self.started
+
+    def pull(self) -> asyncio.Task[RouterEvent | None]:
+        """The pending request for the next event (one at a time)."""
+        if self._pull is None:
+            self._pull = asyncio.get_running_loop().create_task(self._next())
+        return self._pull
+
+    async def _next(self) -> RouterEvent | None:
+        return await anext(self._events, None)
+
+    def take(self, pull: asyncio.Task[RouterEvent | None]) -> None:
+        """Take a pulled event: held until the answer starts."""
+        self._pull = None
+        event = pull.result()
+        assert event is not None  # a stream ends only after its answer
+        self._held.append(event)
+
+    def take_held(self) -> list[RouterEvent]:
+        """Events so far (reasoning, then the first answer piece)."""
+        held, self._held = self._held, []
+        return held
+
+    def rest(self) -> AsyncIterator[RouterEvent]:
+        """The events after the first answer piece."""
+        return self._events
+
+    async def close(self) -> None:
+        """Stop the attempt: its stream is closed and its slot freed."""
+        if self._pull is not None:
+            self._pull.cancel()
+            await asyncio.gather(self._pull, return_exceptions=True)
+            self._pull = None
+        await self._events.aclose()
+        self._leave_line()
+
+    def _leave_line(self) -> None:
+        if self._in_line:
+            self._in_line = False
+            self.state.waiting -= 1
+
+    def outcome(self, error: BackendError | None = None) -> Attempt:
+        """The attempt as the turn reports it."""
+        return Attempt(
+            self.state.name,
+            None if error is None else error.kind,
+            None if error is None else error.message,
+            stats=self.stats if error is None else None,
+            seconds=self.elapsed(),
+            decision=self.decision,
+            forecast=self.forecast,
+            first_word=self.first_word,
+            queued=self.queued,
+        )
+
+    def _late(self, limit: float, reason: str) -> BackendError:
+        """The error for a deadline: the backend's, unless the turn's was first."""
+        if limit >= self._turn_deadline:
+            return OutOfTime("the turn's time ran out")
+        return BackendTimeout(reason)
+
+    async def _run(self) -> AsyncGenerator[RouterEvent]:
+        state = self.state
+        config = state.config
+        loop = asyncio.get_running_loop()
+        first_deadline = min(
+            self.started + config.first_token_timeout, self._turn_deadline
+        )
+        try:
+            async with asyncio.timeout_at(first_deadline):
+                await state.slots.acquire()
+        except TimeoutError:
+            if first_deadline >= self._turn_deadline:
+                raise OutOfTime("the turn's time ran out") from None
+            raise BackendBusy("busy with other requests") from None
+        finally:
+            self._leave_line()
+        taken = loop.time()
+        self.queued = taken - self.started
+        hold = Hold(taken, state.latency.expected_hold(self.forecast))
+        state.holding.append(hold)
+        try:
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    await self._host.model_details(state)
+            except TimeoutError:
+                raise self._late(first_deadline, "no answer in time") from None
+            while True:
+                sent = self._adapt()
+                try:
+                    # Closed here, so that an abandoned turn closes the stream.
+                    async with aclosing(self._stream(sent, first_deadline)) as events:
+                        async for event in events:
+                            yield event
+                    return
+                except CapabilityUnsupported as err:
+                    capability = Capability(err.capability)
+                    # What was sent, not what is known now: another turn may
+                    # have learnt it meanwhile.
+                    used = (
+                        sent.think if capability is Capability.THINKING else sent.tools
+                    )
+                    if self.answering or not used:
+                        raise
+                    # Learnt the hard way: retry at once without the feature.
+                    state.unsupported.add(capability)
+        finally:
+            state.holding.remove(hold)
+            self.slot_seconds = loop.time() - taken
+            state.slots.release()
+
+    def _adapt(self) -> ChatRequest:
+        """The request as this backend's model can take it."""
+        state = self.state
+        request = self._request
+        think = self.forecast.think and state.supports(Capability.THINKING)
+        if request.tools and not state.supports(Capability.TOOLS):
+            request = request.without_tools()
+        return replace(request, think=think)
+
+    async def _stream(
+        self, request: ChatRequest, first_deadline: float
+    ) -> AsyncGenerator[RouterEvent]:
+        state = self.state
+        config = state.config
+        loop = asyncio.get_running_loop()
+        # A thinking model behind a server that does not split reasoning out
+        # may start without <think>: hold its output until </think> shows.
+        splitter = ReasoningSplitter(
+            expect_reasoning=bool(request.think) and not state.backend.splits_reasoning
+        )
+        clock = StreamClock(started=loop.time())
+        server_stats: ServerStats | None = None
+        stream = state.backend.chat(request)
+        watchdog = _Watchdog()
+        try:
+            while True:
+                waiting_first = clock.first_token is None
+                limit = (
+                    first_deadline
+                    if waiting_first
+                    else min(loop.time() + config.stall_timeout, self._turn_deadline)
+                )
+                try:
+                    event = await watchdog.wait(anext(stream), limit)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    reason = (
+                        f"no first token within {config.first_token_timeout:g} s"
+                        if waiting_first
+                        else f"stalled for {config.stall_timeout:g} s"
+                    )
+                    raise self._late(limit, reason) from None
+                match event:
+                    case ServerStats():
+                        server_stats = event
+                    case ReasoningDelta():
+                        self._token(clock, loop.time())
+                        splitter.reasoning_handled_elsewhere()
+                        self.reasoning_tokens += 1
+                        yield event
+                    case TextDelta():
+                        self._token(clock, loop.time())
+                        split = splitter.feed(event.text)
+                        for out in self._split_events(split.reasoning, split.answer):
+                            yield out
+                    case ToolCallDelta():
+                        self._token(clock, loop.time())
+                        self.answering = True
+                        yield event
+        finally:
+            watchdog.stop()
+            await stream.aclose()
+        split = splitter.flush()
+        for out in self._split_events(split.reasoning, split.answer):
+            yield out
+        if server_stats is None:
+            raise BadResponse("the answer ended early")
+        if not self.answering:
+            raise BadResponse("empty answer")
+        self.stats = summarize(server_stats, clock, loop.time())
+
+    def _token(self, clock: StreamClock, now: float) -> None:
+        if clock.first_token is None:
+            self._host.model_used(self.state)
+        clock.token(now)
+
+    def _split_events(self, reasoning: str, answer: str) -> list[RouterEvent]:
+        events: list[RouterEvent] = []
+        if reasoning:
+            self.reasoning_tokens += 1
+            events.append(ReasoningDelta(reasoning))
+        if answer:
+            if self.first_word is None:
+                self.first_word = asyncio.get_running_loop().time() - self.started
+            self.answering = True
+            events.append(TextDelta(answer))
+        return events
+
+
+class _Watchdog:
+    """Deadlines for the awaits of one stream, with one timer between them.
+
+    A timeout per chunk costs a timer per chunk; here each await only moves
+    the deadline, and the timer, when it fires early, waits on. The awaiting
+    task may change from one await to the next (a race's task, then the
+    turn's), so it is noted at each.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._limit = 0.0
+        self._task: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def wait[T](self, awaitable: Awaitable[T], limit: float) -> T:
+        """Await awaitable; TimeoutError when limit (loop time) passes first."""
+        self._limit = limit
+        self._task = asyncio.current_task()
+        if self._timer is None or self._timer.when() > limit:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(limit, self._fire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._expired and self._task is not None and not self._task.uncancel():
+                raise TimeoutError from None
+            raise
+        finally:
+            self._task = None
+            self._expired = False
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._task is None:
+            return  # between awaits: the next one sets the timer again
+        if self._loop.time() < self._limit:
+            self._timer = self._loop.call_at(self._limit, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """No more awaits: drop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

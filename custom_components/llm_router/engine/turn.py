@@ -1,0 +1,329 @@
+"""One routed request: its attempts, the race between them, hedges, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+import logging
+import math
+from typing import Protocol
+
+from .attempt import AttemptHost, BackendAttempt
+from .errors import BackendError, ErrorKind, Overtaken
+from .models import ChatRequest
+from .outcomes import AllBackendsFailed, Attempt, Decision, Interrupted, RouterEvent
+from .predictor import Forecast
+from .settings import RouterSettings
+from .state import BackendState
+from .stats import GenerationStats
+
+_LOGGER = logging.getLogger(__name__)
+
+# Outcomes the router makes itself: not the backend's failures.
+NOT_FAILURES = frozenset({ErrorKind.BUSY, ErrorKind.OUT_OF_TIME, ErrorKind.CANCELLED})
+
+
+class TurnHost(AttemptHost, Protocol):
+    """What a turn asks of the router."""
+
+    @property
+    def settings(self) -> RouterSettings:
+        """The router's settings."""
+
+    @property
+    def states(self) -> dict[str, BackendState]:
+        """The backends, by name."""
+
+    @property
+    def hedge_line(self) -> list[Turn]:
+        """Turns waiting for a backend to hedge onto."""
+
+    def forecast(self, name: str, request: ChatRequest, now: float) -> Forecast:
+        """Predicted time to the first answer word of a backend for request."""
+
+    def candidates(
+        self, only: str | None, forecasts: Mapping[str, Forecast]
+    ) -> list[BackendState]:
+        """Backends in the order the policy tries them."""
+
+    def earlier_hedge_wants(self, turn: Turn, state: BackendState, now: float) -> bool:
+        """Whether a turn that has waited longer would hedge onto state."""
+
+    def record_success(self, state: BackendState, attempt: BackendAttempt) -> None:
+        """Learn from an answer."""
+
+    def record_failure(self, state: BackendState, error: BackendError) -> None:
+        """Count a failure of the backend."""
+
+    def notify(self) -> None:
+        """Tell the listeners that something changed."""
+
+
+class Turn:
+    """One routed request: iterate for events, then read the outcome."""
+
+    def __init__(
+        self, router: TurnHost, request: ChatRequest, *, only: str | None, spoken: bool
+    ) -> None:
+        self.host = router
+        self.request = request
+        self._only = only
+        self._spoken = spoken
+        self.attempts: list[Attempt] = []
+        self.first_choice: str | None = None
+        self.served_by: str | None = None
+        self._served: Attempt | None = None
+        self._pending: deque[BackendState] = deque()
+        self._deferred: list[BackendState] = []
+        self.started = 0.0
+        """When the turn began (loop time)."""
+        self.deadline = 0.0
+        self._hedge_beat: float | None = None
+        """While waiting to hedge: how soon a backend must answer to be worth it."""
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether a backend other than the first choice served the request."""
+        return self.served_by is not None and self.served_by != self.first_choice
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        """Stats of the generation that served the request."""
+        return self._served.stats if self._served else None
+
+    @property
+    def served(self) -> Attempt | None:
+        """The attempt that served the request."""
+        return self._served
+
+    def __aiter__(self) -> AsyncIterator[RouterEvent]:
+        return self._run()
+
+    def _note(self, state: BackendState, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        state.recent_attempts.append(attempt)
+
+    def _skip(self, state: BackendState, kind: ErrorKind, why: str) -> None:
+        self._note(state, Attempt(state.name, kind, why, decision=Decision.SKIPPED))
+
+    async def _run(self) -> AsyncIterator[RouterEvent]:
+        router = self.host
+        now = self.started = asyncio.get_running_loop().time()
+        self.deadline = now + router.settings.turn_timeout
+        names = [self._only] if self._only is not None else list(router.states)
+        forecasts = {name: router.forecast(name, self.request, now) for name in names}
+        candidates = router.candidates(self._only, forecasts)
+        self.first_choice = candidates[0].name if candidates else None
+        self._pending = deque(candidates)
+        racing: list[BackendAttempt] = []
+        try:
+            while True:
+                if not racing:
+                    attempt = self._start_next()
+                    if attempt is None:
+                        raise AllBackendsFailed(self.attempts)
+                    racing.append(attempt)
+                winner = await self._race(racing)
+                if winner is None:
+                    continue
+                async for event in self._deliver(winner):
+                    yield event
+                racing.clear()
+                if self.served_by is not None:
+                    return
+        finally:
+            for attempt in racing:
+                await attempt.close()
+            router.notify()
+
+    def _start_next(self, *, beat: float | None = None) -> BackendAttempt | None:
+        """Start the next backend to try, noting those passed over.
+
+        A backend that is busy and expected to stay so beyond its budget is
+        passed over while another may answer; it is asked last, in line.
+        With beat, a hedge: the next backend that would answer at once and
+        is expected to say its first word within beat seconds.
+        """
+        router = self.host
+        now = asyncio.get_running_loop().time()
+        hedge = beat is not None
+        for state in list(self._pending):
+            predicted = router.forecast(state.name, self.request, now)
+            if beat is not None and not (
+                state.breaker.allows()
+                and state.has_free_slot()
+                and predicted.total <= beat
+                and not router.earlier_hedge_wants(self, state, now)
+            ):
+                continue
+            self._pending.remove(state)
+            if not state.breaker.allows():
+                state.skipped += 1
+                self._skip(state, ErrorKind.CIRCUIT_OPEN, "skipped, not answering")
+                continue
+            left = self.deadline - now
+            if left <= 0:
+                self._skip(state, ErrorKind.OUT_OF_TIME, "no time left in the turn")
+                continue
+            budget = min(state.config.first_token_timeout, left)
+            if (
+                predicted.queue > 0
+                and predicted.total > budget
+                and any(other.breaker.allows() for other in self._pending)
+            ):
+                self._deferred.append(state)
+                wait = (
+                    f"expected wait {predicted.queue:.1f} s"
+                    if math.isfinite(predicted.queue)
+                    else "with other requests"
+                )
+                self._skip(state, ErrorKind.BUSY, f"busy, {wait}")
+                continue
+            if hedge:
+                decision = Decision.HEDGE
+            elif state.name == self.first_choice:
+                decision = Decision.FIRST_CHOICE
+            else:
+                decision = Decision.FALLBACK
+            return BackendAttempt(self, state, predicted, decision)
+        if hedge or not self._deferred:
+            return None
+        # In line after all: the one expected to be free soonest.
+        predicted, state = min(
+            ((router.forecast(s.name, self.request, now), s) for s in self._deferred),
+            key=lambda pair: pair[0].total,
+        )
+        self._deferred.remove(state)
+        return BackendAttempt(self, state, predicted, Decision.QUEUED)
+
+    def would_hedge_onto(self, state: BackendState, now: float) -> bool:
+        """Whether this turn, waiting to hedge, would take state now."""
+        return (
+            self._hedge_beat is not None
+            and state in self._pending
+            and self.host.forecast(state.name, self.request, now).total
+            <= self._hedge_beat
+        )
+
+    async def _race(self, racing: list[BackendAttempt]) -> BackendAttempt | None:
+        """Run attempts until one starts its answer; None when all failed.
+
+        With hedging, a second backend starts when the first has said no
+        answer word by its hedge delay; the first to answer wins and the
+        other is cancelled.
+        """
+        settings = self.host.settings
+        loop = asyncio.get_running_loop()
+        try:
+            while racing:
+                timeout = None
+                if settings.hedging and len(racing) == 1 and not racing[0].hedged:
+                    primary = racing[0]
+                    delay = primary.state.latency.hedge_delay(
+                        primary.forecast, settings.predictor
+                    )
+                    timeout = max(
+                        0.0,
+                        primary.started + delay - loop.time(),
+                        primary.hedge_not_before - loop.time(),
+                    )
+                pulls = {attempt.pull(): attempt for attempt in racing}
+                done, _ = await asyncio.wait(
+                    pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    # Worth it only for a backend expected to answer before
+                    # this one: as it runs later, that is more of them. Checked
+                    # again until one is started; the longest waiting first.
+                    primary = racing[0]
+                    beat = max(
+                        primary.forecast.total,
+                        primary.forecast.remaining(primary.elapsed()),
+                    )
+                    if hedge := self._start_next(beat=beat):
+                        primary.hedged = True
+                        racing.append(hedge)
+                        self._leave_hedge_line()
+                    else:
+                        if self._hedge_beat is None:
+                            self.host.hedge_line.append(self)
+                        self._hedge_beat = beat
+                        primary.hedge_not_before = (
+                            loop.time() + settings.predictor.hedge_min
+                        )
+                    continue
+                for pull in done:
+                    attempt = pulls[pull]
+                    try:
+                        attempt.take(pull)
+                    except BackendError as err:
+                        racing.remove(attempt)
+                        self._failed(attempt, err)
+                        continue
+                    if attempt.answering:
+                        for other in [a for a in racing if a is not attempt]:
+                            racing.remove(other)
+                            await other.close()
+                            self._lost(other, attempt)
+                        return attempt
+            return None
+        finally:
+            self._leave_hedge_line()
+
+    def _leave_hedge_line(self) -> None:
+        if self._hedge_beat is not None:
+            self._hedge_beat = None
+            self.host.hedge_line.remove(self)
+
+    async def _deliver(self, winner: BackendAttempt) -> AsyncIterator[RouterEvent]:
+        """Stream the winner's answer: spoken at once, or once it is complete.
+
+        Sets served_by unless an unspoken answer broke off (then the next
+        backend is asked).
+        """
+        out: list[RouterEvent] = []
+        try:
+            if self._spoken:
+                for event in winner.take_held():
+                    yield event
+                async for event in winner.rest():
+                    yield event
+            else:
+                out = winner.take_held()
+                async for event in winner.rest():
+                    out.append(event)
+        except BackendError as err:
+            self._failed(winner, err)
+            if self._spoken:
+                # Spoken text cannot be taken back: end the turn here.
+                self.served_by = winner.state.name
+                yield Interrupted(winner.state.name, err)
+            return
+        self.host.record_success(winner.state, winner)
+        self._served = winner.outcome()
+        self._note(winner.state, self._served)
+        self.served_by = winner.state.name
+        for event in out:
+            yield event
+
+    def _failed(self, attempt: BackendAttempt, err: BackendError) -> None:
+        state = attempt.state
+        if err.kind not in NOT_FAILURES:
+            self.host.record_failure(state, err)
+        if attempt.first_word is None and err.kind is ErrorKind.TIMED_OUT:
+            state.latency.observe_silence(
+                attempt.elapsed(), attempt.forecast, asyncio.get_running_loop().time()
+            )
+        self._note(state, attempt.outcome(err))
+        _LOGGER.debug("Backend %s failed: %s", state.name, err)
+
+    def _lost(self, loser: BackendAttempt, winner: BackendAttempt) -> None:
+        """A hedged attempt that answered later than another: no failure."""
+        state = loser.state
+        state.latency.observe_silence(
+            loser.elapsed(), loser.forecast, asyncio.get_running_loop().time()
+        )
+        self._note(
+            state, loser.outcome(Overtaken(f"{winner.state.name} answered first"))
+        )
