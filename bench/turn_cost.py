@@ -10,8 +10,8 @@ that drift hits all alike:
   router   conversation.async_converse to LLM Router's agent (one backend)
 
 once without an LLM API and once with the Assist API. Reported: the median
-time of each, the median of the per-round differences (router − core and
-each − bare) and the ratio router ÷ core, and the entity state writes
+time of each, the median of the per-round differences (router - core and
+each - bare) and the ratio router / core, and the entity state writes
 each agent makes per turn.
 
     .venv/bin/python -m bench.turn_cost [--rounds 200]

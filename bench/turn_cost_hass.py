@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
+import logging
 import os
 import statistics
 import time
@@ -26,6 +26,7 @@ from homeassistant.setup import async_setup_component
 import ollama
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from bench.turn_cost import ROUNDS_VARIABLE
 from custom_components.llm_router.const import DOMAIN
 from tests.conftest import backend, router_entry
 from tests.fakes.base import Reply
@@ -33,7 +34,6 @@ from tests.fakes.ollama_server import FakeOllama
 
 QUESTION = "Is the porch light on?"
 MODEL = "llama3.2"
-from bench.turn_cost import ROUNDS_VARIABLE
 
 Timed = Callable[[], Awaitable[float]]
 
@@ -115,7 +115,7 @@ def _report(
         f"\n{title}: {rounds} rounds, 20-word answers from a fake that answers at once"
     )
     print(
-        f"{'way':<8}{'median':>11}{'− bare':>11}{'− core':>11}{'÷ core':>9}{'writes':>9}"
+        f"{'way':<8}{'median':>11}{'- bare':>11}{'- core':>11}{'/ core':>9}{'writes':>9}"
     )
     for name, times in results.items():
         minus_bare = statistics.median(
