@@ -40,6 +40,7 @@ from custom_components.llm_router.engine.outcomes import (
     RouterEvent,
 )
 from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.servers import Server
 from custom_components.llm_router.engine.settings import RouterSettings
 from tests.conftest import until
 
@@ -451,8 +452,8 @@ async def test_model_details_timeout_is_a_failure() -> None:
 async def test_probe_results_feed_state_and_listeners() -> None:
     gpu = ScriptedBackend("GPU")
     router = TrackedRouter([gpu], settings=RouterSettings(probe_timeout=0.05))
-    changes: list[None] = []
-    remove = router.add_listener(lambda: changes.append(None))
+    changes: list[frozenset[str]] = []
+    remove = router.add_listener(changes.append)
     assert await router.async_probe("GPU")
     state = router.states["GPU"]
     assert (state.online, state.version) == (True, "1.0")
@@ -462,10 +463,28 @@ async def test_probe_results_feed_state_and_listeners() -> None:
     assert state.online is False
     assert state.breaker.state is BreakerState.OPEN
     assert (state.failed_probes, state.requests, state.failures) == (1, 0, 0)
-    assert len(changes) == 2
+    assert changes == [frozenset({"GPU"})] * 2
     remove()
     await router.async_probe("GPU")
     assert len(changes) == 2
+
+
+async def test_a_turn_tells_listeners_of_the_backends_it_changed() -> None:
+    # Pi and Pi2 share a server: what one holds, the other waits for.
+    gpu, pi, twin, idle = (
+        ScriptedBackend("GPU", 1),
+        ScriptedBackend("Pi", 2),
+        ScriptedBackend("Pi2", 3),
+        ScriptedBackend("Idle", 4),
+    )
+    gpu.streams = [[BackendServerError("HTTP 500")]]
+    shared = Server.create(max_parallel=1, failure_threshold=3)
+    router = TrackedRouter([gpu, pi, twin, idle], servers={"Pi": shared, "Pi2": shared})
+    changes: list[frozenset[str]] = []
+    router.add_listener(changes.append)
+    turn, _ = await collect(router)
+    assert turn.served_by == "Pi"
+    assert changes == [frozenset({"GPU", "Pi", "Pi2"})]
 
 
 async def test_probe_timeout() -> None:

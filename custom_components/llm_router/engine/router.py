@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 import logging
 import math
@@ -60,7 +60,7 @@ class Router:
                 failure_threshold=self.settings.failure_threshold,
             )
             self.states[backend.name] = BackendState(backend=backend, server=server)
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
@@ -69,15 +69,27 @@ class Router:
         """Turns waiting for a backend to hedge onto."""
         self._closed = False
 
-    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call listener after every change of state; returns its remover."""
+    def add_listener(
+        self, listener: Callable[[frozenset[str]], None]
+    ) -> Callable[[], None]:
+        """Call listener with the backends whose state changed; returns its remover."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def notify(self) -> None:
-        """Tell the listeners that something changed."""
+    def notify(self, names: Iterable[str]) -> None:
+        """Tell the listeners that these backends' state changed.
+
+        Backends on the same server as one of them changed too: they share
+        its slots and breaker.
+        """
+        servers = {self.states[name].server for name in names}
+        if not servers:
+            return
+        changed = frozenset(
+            name for name, state in self.states.items() if state.server in servers
+        )
         for listener in list(self._listeners):
-            listener()
+            listener(changed)
 
     def route(
         self, request: ChatRequest, *, backend: str | None = None, spoken: bool = True
@@ -168,7 +180,7 @@ class Router:
             state.breaker.record_probe_success()
             self._cancel_cooldown(state)
             self._keep_warm(state)
-        self.notify()
+        self.notify((state.name,))
 
     def _expiry(self, state: BackendState, loaded: Sequence[LoadedModel]) -> float:
         """When the server unloads the configured model (loop time)."""
@@ -187,7 +199,7 @@ class Router:
         state.last_error = error
         state.loaded_models = ()
         self._breaker_failure(state, error)
-        self.notify()
+        self.notify((state.name,))
 
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
@@ -252,7 +264,7 @@ class Router:
     async def _warm_up(self, state: BackendState) -> None:
         loop = asyncio.get_running_loop()
         state.loading_since = loop.time()
-        self.notify()
+        self.notify((state.name,))
         try:
             await state.backend.load_model()
         except BackendError as err:
@@ -263,7 +275,7 @@ class Router:
             state.loading_since = None
         _LOGGER.debug("Loaded the model of %s", state.name)
         self.model_used(state)
-        self.notify()
+        self.notify((state.name,))
 
     def model_used(self, state: BackendState) -> None:
         """The server has just used the model: it stays for keep_alive."""

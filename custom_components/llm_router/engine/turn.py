@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 import logging
 import math
 from typing import Protocol
@@ -56,8 +56,8 @@ class TurnHost(AttemptHost, Protocol):
     def record_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure of the backend."""
 
-    def notify(self) -> None:
-        """Tell the listeners that something changed."""
+    def notify(self, names: Iterable[str]) -> None:
+        """Tell the listeners that these backends' state changed."""
 
 
 class Turn:
@@ -135,7 +135,7 @@ class Turn:
         finally:
             for attempt in racing:
                 await attempt.close()
-            router.notify()
+            router.notify(attempt.backend for attempt in self.attempts)
 
     def _start_next(self, *, beat: float | None = None) -> BackendAttempt | None:
         """Start the next backend to try, noting those passed over.
