@@ -261,6 +261,9 @@ class BackendAttempt:
                         yield event
                     case TextDelta():
                         self._token(clock, loop.time())
+                        if splitter.passes(event.text):
+                            yield event  # the answer, already begun
+                            continue
                         split = splitter.feed(event.text)
                         for out in self._split_events(split.reasoning, split.answer):
                             yield out
