@@ -39,6 +39,7 @@ from custom_components.llm_router.engine.outcomes import (
     Interrupted,
     RouterEvent,
 )
+from custom_components.llm_router.engine.predictor import Forecast
 from custom_components.llm_router.engine.router import Router
 from custom_components.llm_router.engine.servers import Server
 from custom_components.llm_router.engine.settings import RouterSettings
@@ -485,6 +486,46 @@ async def test_a_turn_tells_listeners_of_the_backends_it_changed() -> None:
     turn, _ = await collect(router)
     assert turn.served_by == "Pi"
     assert changes == [frozenset({"GPU", "Pi", "Pi2"})]
+
+
+class ForecastCounting(TrackedRouter):
+    """Notes the backends it forecasts, in order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.forecast_for: list[str] = []
+
+    def forecast(self, name: str, *args: Any, **kwargs: Any) -> Forecast:
+        self.forecast_for.append(name)
+        return super().forecast(name, *args, **kwargs)
+
+
+async def test_a_turn_forecasts_only_what_is_read() -> None:
+    # The ordered policy reads no forecast; the attempt reads its backend's.
+    router = ForecastCounting([ScriptedBackend("GPU", 1), ScriptedBackend("Pi", 2)])
+    turn, _ = await collect(router)
+    assert turn.served_by == "GPU"
+    assert router.forecast_for == ["GPU"]
+
+
+class TaskNoting(ScriptedBackend):
+    """Notes the task its stream runs in."""
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        self.task = asyncio.current_task()
+        async for event in super().chat(request):
+            yield event
+
+
+@pytest.mark.parametrize("hedging", [False, True])
+async def test_a_lone_attempt_streams_in_the_turns_task(hedging: bool) -> None:
+    gpu = TaskNoting("GPU")
+    router = TrackedRouter([gpu], settings=RouterSettings(hedging=hedging))
+    turn_task = asyncio.create_task(collect(router))
+    turn, _ = await turn_task
+    assert turn.served_by == "GPU"
+    # Without a race or hedge to wait for, no task of its own is made.
+    assert (gpu.task is turn_task) is not hedging
 
 
 async def test_probe_timeout() -> None:

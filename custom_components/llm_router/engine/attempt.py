@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Protocol
@@ -108,6 +108,17 @@ class BackendAttempt:
     async def _next(self) -> RouterEvent | None:
         return await anext(self._events, None)
 
+    @property
+    def pulling(self) -> bool:
+        """Whether a pulled event is pending (see pull)."""
+        return self._pull is not None
+
+    async def pull_here(self) -> None:
+        """Take the next event, awaited in the caller's task: nothing to race."""
+        event = await anext(self._events, None)
+        assert event is not None  # a stream ends only after its answer
+        self._held.append(event)
+
     def take(self, pull: asyncio.Task[RouterEvent | None]) -> None:
         """Take a pulled event: held until the answer starts."""
         self._pull = None
@@ -166,7 +177,10 @@ class BackendAttempt:
             self.started + config.first_token_timeout, self._turn_deadline
         )
         try:
-            async with asyncio.timeout_at(first_deadline):
+            if state.slots.locked():  # else taken at once: no timer needed
+                async with asyncio.timeout_at(first_deadline):
+                    await state.slots.acquire()
+            else:
                 await state.slots.acquire()
         except TimeoutError:
             if first_deadline >= self._turn_deadline:
@@ -179,11 +193,12 @@ class BackendAttempt:
         hold = Hold(taken, state.latency.expected_hold(self.forecast))
         state.holding.append(hold)
         try:
-            try:
-                async with asyncio.timeout_at(first_deadline):
-                    await self._host.model_details(state)
-            except TimeoutError:
-                raise self._late(first_deadline, "no answer in time") from None
+            if state.details is None:  # else known: no timer needed
+                try:
+                    async with asyncio.timeout_at(first_deadline):
+                        await self._host.model_details(state)
+                except TimeoutError:
+                    raise self._late(first_deadline, "no answer in time") from None
             while True:
                 sent = self._adapt()
                 try:
@@ -221,7 +236,6 @@ class BackendAttempt:
         self, request: ChatRequest, first_deadline: float
     ) -> AsyncGenerator[RouterEvent]:
         state = self.state
-        config = state.config
         loop = asyncio.get_running_loop()
         # A thinking model behind a server that does not split reasoning out
         # may start without <think>: hold its output until </think> shows.
@@ -234,23 +248,18 @@ class BackendAttempt:
         watchdog = _Watchdog()
         try:
             while True:
-                waiting_first = clock.first_token is None
-                limit = (
-                    first_deadline
-                    if waiting_first
-                    else min(loop.time() + config.stall_timeout, self._turn_deadline)
-                )
+                limit = self._limit(clock, first_deadline)
+                watchdog.arm(limit)
                 try:
-                    event = await watchdog.wait(anext(stream), limit)
+                    event = await anext(stream)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    reason = (
-                        f"no first token within {config.first_token_timeout:g} s"
-                        if waiting_first
-                        else f"stalled for {config.stall_timeout:g} s"
-                    )
-                    raise self._late(limit, reason) from None
+                except asyncio.CancelledError:
+                    if not watchdog.expired():
+                        raise
+                    raise self._too_slow(limit, clock) from None
+                finally:
+                    watchdog.disarm()
                 match event:
                     case ServerStats():
                         server_stats = event
@@ -263,10 +272,12 @@ class BackendAttempt:
                         self._token(clock, loop.time())
                         if splitter.passes(event.text):
                             yield event  # the answer, already begun
-                            continue
-                        split = splitter.feed(event.text)
-                        for out in self._split_events(split.reasoning, split.answer):
-                            yield out
+                        else:
+                            split = splitter.feed(event.text)
+                            for out in self._split_events(
+                                split.reasoning, split.answer
+                            ):
+                                yield out
                     case ToolCallDelta():
                         self._token(clock, loop.time())
                         self.answering = True
@@ -277,11 +288,36 @@ class BackendAttempt:
         split = splitter.flush()
         for out in self._split_events(split.reasoning, split.answer):
             yield out
+        self.stats = self._summary(server_stats, clock)
+
+    def _summary(
+        self, server_stats: ServerStats | None, clock: StreamClock
+    ) -> GenerationStats:
+        """The answer's statistics; BadResponse for a stream that was none."""
         if server_stats is None:
             raise BadResponse("the answer ended early")
         if not self.answering:
             raise BadResponse("empty answer")
-        self.stats = summarize(server_stats, clock, loop.time())
+        return summarize(server_stats, clock, asyncio.get_running_loop().time())
+
+    def _limit(self, clock: StreamClock, first_deadline: float) -> float:
+        """When the next part must have come: the first token's or a stall's."""
+        if clock.first_token is None:
+            return first_deadline
+        return min(
+            asyncio.get_running_loop().time() + self.state.config.stall_timeout,
+            self._turn_deadline,
+        )
+
+    def _too_slow(self, limit: float, clock: StreamClock) -> BackendError:
+        """The error for a part that did not come by limit."""
+        config = self.state.config
+        reason = (
+            f"no first token within {config.first_token_timeout:g} s"
+            if clock.first_token is None
+            else f"stalled for {config.stall_timeout:g} s"
+        )
+        return self._late(limit, reason)
 
     def _token(self, clock: StreamClock, now: float) -> None:
         if clock.first_token is None:
@@ -304,10 +340,11 @@ class BackendAttempt:
 class _Watchdog:
     """Deadlines for the awaits of one stream, with one timer between them.
 
-    A timeout per chunk costs a timer per chunk; here each await only moves
-    the deadline, and the timer, when it fires early, waits on. The awaiting
-    task may change from one await to the next (a race's task, then the
-    turn's), so it is noted at each.
+    A timeout per chunk costs a timer per chunk, and a wrapper a coroutine:
+    here each await is armed with its limit (which only moves the deadline;
+    the timer, when it fires early, waits on) and disarmed after. The
+    awaiting task may change from one await to the next (a race's task,
+    then the turn's), so it is noted at each.
     """
 
     def __init__(self) -> None:
@@ -317,23 +354,24 @@ class _Watchdog:
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
 
-    async def wait[T](self, awaitable: Awaitable[T], limit: float) -> T:
-        """Await awaitable; TimeoutError when limit (loop time) passes first."""
+    def arm(self, limit: float) -> None:
+        """The await that follows ends by limit (loop time), cancelled."""
         self._limit = limit
         self._task = asyncio.current_task()
         if self._timer is None or self._timer.when() > limit:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(limit, self._fire)
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            if self._expired and self._task is not None and not self._task.uncancel():
-                raise TimeoutError from None
-            raise
-        finally:
-            self._task = None
-            self._expired = False
+
+    def expired(self) -> bool:
+        """Whether the limit cancelled the await (then it is no cancel)."""
+        task = self._task
+        return self._expired and task is not None and not task.uncancel()
+
+    def disarm(self) -> None:
+        """The await is over."""
+        self._task = None
+        self._expired = False
 
     def _fire(self) -> None:
         self._timer = None

@@ -111,9 +111,7 @@ class Turn:
         router = self.host
         now = self.started = asyncio.get_running_loop().time()
         self.deadline = now + router.settings.turn_timeout
-        names = [self._only] if self._only is not None else list(router.states)
-        forecasts = {name: router.forecast(name, self.request, now) for name in names}
-        candidates = router.candidates(self._only, forecasts)
+        candidates = router.candidates(self._only, _Forecasts(self, now))
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
         racing: list[BackendAttempt] = []
@@ -228,6 +226,18 @@ class Turn:
                         primary.started + delay - loop.time(),
                         primary.hedge_not_before - loop.time(),
                     )
+                if timeout is None and len(racing) == 1 and not racing[0].pulling:
+                    # Nothing to race or hedge: no task of its own to pull in.
+                    alone = racing[0]
+                    try:
+                        await alone.pull_here()
+                    except BackendError as err:
+                        racing.remove(alone)
+                        self._failed(alone, err)
+                        continue
+                    if alone.answering:
+                        return alone
+                    continue
                 pulls = {attempt.pull(): attempt for attempt in racing}
                 done, _ = await asyncio.wait(
                     pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -327,3 +337,20 @@ class Turn:
         self._note(
             state, loser.outcome(Overtaken(f"{winner.state.name} answered first"))
         )
+
+
+class _Forecasts(dict[str, Forecast]):
+    """Each backend's forecast for a turn's request, made when first read.
+
+    A policy that orders by priority alone reads none.
+    """
+
+    def __init__(self, turn: Turn, now: float) -> None:
+        super().__init__()
+        self._turn = turn
+        self._now = now
+
+    def __missing__(self, name: str) -> Forecast:
+        turn = self._turn
+        made = self[name] = turn.host.forecast(name, turn.request, self._now)
+        return made
