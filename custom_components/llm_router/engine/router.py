@@ -243,14 +243,18 @@ class Router:
         """
         if self._closed or not self.keeps_warm(state) or state.name in self._warm_ups:
             return
-        if handle := self._warm_timers.pop(state.name, None):
-            handle.cancel()
         loop = asyncio.get_running_loop()
         left = state.loaded_until - loop.time() - self.settings.predictor.warm_margin
+        timer = self._warm_timers.get(state.name)
+        if left > 0 and timer is not None and timer.when() <= loop.time() + left:
+            return  # it fires first and looks again: no new timer every turn
+        if timer is not None:
+            timer.cancel()
+            del self._warm_timers[state.name]
         if left > 0:
             if math.isfinite(left):
                 self._warm_timers[state.name] = loop.call_later(
-                    left, self._keep_warm, state
+                    left, self._warm_timer_fired, state
                 )
             return
         if state.holding or state.waiting or not state.breaker.allows():
@@ -260,6 +264,10 @@ class Router:
         )
         self._warm_ups[state.name] = task
         task.add_done_callback(lambda _: self._warm_ups.pop(state.name, None))
+
+    def _warm_timer_fired(self, state: BackendState) -> None:
+        del self._warm_timers[state.name]
+        self._keep_warm(state)
 
     async def _warm_up(self, state: BackendState) -> None:
         loop = asyncio.get_running_loop()
