@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from homeassistant.components.sensor import SensorEntity
 from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity
@@ -36,7 +37,9 @@ class ShowsChanges(Entity):
 
     def _showing(self) -> object:
         """What the entity's state shows."""
-        return (self.available, self.state, self.extra_state_attributes)
+        # A sensor's state is its native value converted: the same for the same.
+        value = self.native_value if isinstance(self, SensorEntity) else self.state
+        return (self.available, value, self.extra_state_attributes)
 
     @callback
     def async_write_if_changed(self) -> None:
