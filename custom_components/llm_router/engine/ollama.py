@@ -13,7 +13,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
 )
 from contextlib import aclosing
 from dataclasses import replace
@@ -132,7 +131,7 @@ class OllamaBackend(Backend):
                     if part is None:
                         break
                     failures.answering = True
-                    events = list(_events(part.message))
+                    events = _events(part.message)
                     output_chunks += bool(events)
                     for event in events:
                         yield event
@@ -472,24 +471,28 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _events(message: ollama.Message) -> Iterator[StreamEvent]:
+def _events(message: ollama.Message) -> list[StreamEvent]:
     """The events in one chunk's message; inline <think> tags stay in the text."""
+    events: list[StreamEvent] = []
     if message.thinking:
-        yield ReasoningDelta(message.thinking)
+        events.append(ReasoningDelta(message.thinking))
     if message.content:
-        yield TextDelta(message.content)
+        events.append(TextDelta(message.content))
     if message.tool_calls:
         # Ollama gives calls no ids; the conversation needs them.
-        yield ToolCallDelta(
-            tuple(
-                ToolCall(
-                    id=f"call_{uuid.uuid4().hex[:12]}",
-                    name=call.function.name,
-                    arguments=dict(call.function.arguments),
+        events.append(
+            ToolCallDelta(
+                tuple(
+                    ToolCall(
+                        id=f"call_{uuid.uuid4().hex[:12]}",
+                        name=call.function.name,
+                        arguments=dict(call.function.arguments),
+                    )
+                    for call in message.tool_calls
                 )
-                for call in message.tool_calls
             )
         )
+    return events
 
 
 def _stats(done: ollama.ChatResponse) -> ServerStats:
