@@ -75,9 +75,12 @@ run_in_sid_root() {
 copy_host_files() {
   local file
   for file in /etc/resolv.conf /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
-    if [[ -f $file ]]; then
+    # Replaced atomically and only when changed: a test reading the trust
+    # store while another checkout's setup runs must never see half a file.
+    if [[ -f $file ]] && ! cmp -s "$file" "$sid_root$file"; then
       mkdir -p "$sid_root$(dirname "$file")"
-      cp -L "$file" "$sid_root$file"
+      cp -L "$file" "$sid_root$file.new"
+      mv "$sid_root$file.new" "$sid_root$file"
     fi
   done
 }
