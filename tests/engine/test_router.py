@@ -509,23 +509,30 @@ async def test_a_turn_forecasts_only_what_is_read() -> None:
 
 
 class TaskNoting(ScriptedBackend):
-    """Notes the task its stream runs in."""
+    """Notes the task each of its stream's events is pulled in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks: list[asyncio.Task[Any] | None] = []
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        self.task = asyncio.current_task()
         async for event in super().chat(request):
+            self.tasks.append(asyncio.current_task())
             yield event
 
 
 @pytest.mark.parametrize("hedging", [False, True])
 async def test_a_lone_attempt_streams_in_the_turns_task(hedging: bool) -> None:
     gpu = TaskNoting("GPU")
+    gpu.streams = [[ReasoningDelta("Hmm."), ReasoningDelta(" Yes."), *ANSWER]]
     router = TrackedRouter([gpu], settings=RouterSettings(hedging=hedging))
     turn_task = asyncio.create_task(collect(router))
     turn, _ = await turn_task
     assert turn.served_by == "GPU"
-    # Without a race or hedge to wait for, no task of its own is made.
-    assert (gpu.task is turn_task) is not hedging
+    # Its first token is due by a deadline the turn wakes for: pulled in a
+    # task of its own. After it, without a hedge to wait for, in the turn's.
+    assert gpu.tasks[0] is not turn_task
+    assert (gpu.tasks[1] is turn_task) is not hedging
 
 
 async def test_probe_timeout() -> None:

@@ -61,9 +61,12 @@ class AttemptTurn(Protocol):
 class BackendAttempt:
     """Streaming one request from one backend, under its deadlines.
 
-    Its first-token budget starts when it starts: waiting for a slot comes
-    out of it. The turn's deadline caps everything; when that is what runs
-    out, it is the turn's fault, not the backend's.
+    Its first-token budget starts when it starts, after the model load the
+    forecast expects: waiting for a slot comes out of it, a load does not.
+    Missing it does not end the attempt: the turn counts the miss and starts
+    the next backend beside it (see Turn), and it may still answer until the
+    turn's deadline. When that is what cuts it off, it is the turn's fault,
+    unless its own deadline had passed before.
     """
 
     def __init__(
@@ -80,12 +83,20 @@ class BackendAttempt:
         self._request = turn.request
         self._turn_deadline = turn.deadline
         self.started = asyncio.get_running_loop().time()
+        self.first_deadline = min(
+            self.started + predicted.load + state.config.first_token_timeout,
+            self._turn_deadline,
+        )
+        """By when its first token is due (loop time), the expected load after."""
+        self.overdue = False
+        """Its first token was due and has not come: the miss is counted."""
         self.hedged = False
         self.hedge_not_before = 0.0
         self.answering = False
         self.queued = 0.0
         self.slot_seconds = 0.0
         self.first_word: float | None = None
+        self._first_token = False
         self.reasoning_tokens = 0
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
@@ -163,29 +174,30 @@ class BackendAttempt:
             queued=self.queued,
         )
 
-    def _late(self, limit: float, reason: str) -> BackendError:
+    def missed(self) -> BackendError:
+        """What it means that the first token is overdue: busy, or silent."""
+        if self._in_line:
+            return BackendBusy("busy with other requests")
+        first_token = self.state.config.first_token_timeout
+        return BackendTimeout(f"no first token within {first_token:g} s")
+
+    def _late(self, limit: float) -> BackendError:
         """The error for a deadline: the backend's, unless the turn's was first."""
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
-        return BackendTimeout(reason)
+        return self.missed()
 
     async def _run(self) -> AsyncGenerator[RouterEvent]:
         state = self.state
-        config = state.config
         loop = asyncio.get_running_loop()
-        first_deadline = min(
-            self.started + config.first_token_timeout, self._turn_deadline
-        )
         try:
             if state.slots.locked():  # else taken at once: no timer needed
-                async with asyncio.timeout_at(first_deadline):
+                async with asyncio.timeout_at(self._turn_deadline):
                     await state.slots.acquire()
             else:
                 await state.slots.acquire()
         except TimeoutError:
-            if first_deadline >= self._turn_deadline:
-                raise OutOfTime("the turn's time ran out") from None
-            raise BackendBusy("busy with other requests") from None
+            raise self._late(self.first_deadline) from None
         finally:
             self._leave_line()
         taken = loop.time()
@@ -195,15 +207,15 @@ class BackendAttempt:
         try:
             if state.details is None:  # else known: no timer needed
                 try:
-                    async with asyncio.timeout_at(first_deadline):
+                    async with asyncio.timeout_at(self._turn_deadline):
                         await self._host.model_details(state)
                 except TimeoutError:
-                    raise self._late(first_deadline, "no answer in time") from None
+                    raise self._late(self.first_deadline) from None
             while True:
                 sent = self._adapt()
                 try:
                     # Closed here, so that an abandoned turn closes the stream.
-                    async with aclosing(self._stream(sent, first_deadline)) as events:
+                    async with aclosing(self._stream(sent)) as events:
                         async for event in events:
                             yield event
                     return
@@ -232,9 +244,7 @@ class BackendAttempt:
             request = request.without_tools()
         return replace(request, think=think)
 
-    async def _stream(
-        self, request: ChatRequest, first_deadline: float
-    ) -> AsyncGenerator[RouterEvent]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
         state = self.state
         loop = asyncio.get_running_loop()
         # A thinking model behind a server that does not split reasoning out
@@ -248,7 +258,7 @@ class BackendAttempt:
         watchdog = _Watchdog()
         try:
             while True:
-                limit = self._limit(clock, first_deadline)
+                limit = self._limit(clock)
                 watchdog.arm(limit)
                 try:
                     event = await anext(stream)
@@ -300,10 +310,13 @@ class BackendAttempt:
             raise BadResponse("empty answer")
         return summarize(server_stats, clock, asyncio.get_running_loop().time())
 
-    def _limit(self, clock: StreamClock, first_deadline: float) -> float:
-        """When the next part must have come: the first token's or a stall's."""
+    def _limit(self, clock: StreamClock) -> float:
+        """When the next part must have come: the turn's end, or a stall's.
+
+        The first token's own deadline is the turn's to watch (see Turn).
+        """
         if clock.first_token is None:
-            return first_deadline
+            return self._turn_deadline
         return min(
             asyncio.get_running_loop().time() + self.state.config.stall_timeout,
             self._turn_deadline,
@@ -311,16 +324,20 @@ class BackendAttempt:
 
     def _too_slow(self, limit: float, clock: StreamClock) -> BackendError:
         """The error for a part that did not come by limit."""
-        config = self.state.config
-        reason = (
-            f"no first token within {config.first_token_timeout:g} s"
-            if clock.first_token is None
-            else f"stalled for {config.stall_timeout:g} s"
-        )
-        return self._late(limit, reason)
+        if clock.first_token is None:
+            return self._late(self.first_deadline)
+        if limit >= self._turn_deadline:
+            return OutOfTime("the turn's time ran out")
+        stall = self.state.config.stall_timeout
+        return BackendTimeout(f"stalled for {stall:g} s")
+
+    def awaits_first_token(self) -> bool:
+        """Whether its first token is still to come, and not yet overdue."""
+        return not (self._first_token or self.overdue)
 
     def _token(self, clock: StreamClock, now: float) -> None:
         if clock.first_token is None:
+            self._first_token = True
             self._host.model_used(self.state)
         clock.token(now)
 

@@ -21,12 +21,17 @@ class CircuitBreaker:
     only shows the server is up, not that it can answer: after one, the
     breaker lets requests through but opens again on the next failure.
     A served request resets it fully.
+
+    While open it still lets a turn that has nothing else left try the
+    server (worth_a_try), unless the last failure was slow: a black hole or
+    a stall would cost every such turn its deadlines.
     """
 
     def __init__(self, *, failure_threshold: int) -> None:
         self.failure_threshold = failure_threshold
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
+        self.last_failure: ErrorKind | None = None
 
     def allows(self) -> bool:
         """Whether a request may be sent now."""
@@ -36,6 +41,7 @@ class CircuitBreaker:
         """A request was served: close and forget earlier failures."""
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
+        self.last_failure = None
 
     def record_probe_success(self) -> None:
         """The server is up again: let requests try it, on probation."""
@@ -53,9 +59,25 @@ class CircuitBreaker:
         if error.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CLOSED):
             return
         self.consecutive_failures += 1
+        self.last_failure = error.kind
         # A rejected key does not fix itself either.
         if (
             error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED)
             or self.consecutive_failures >= self.failure_threshold
         ):
             self.state = BreakerState.OPEN
+
+    def worth_a_try(self) -> bool:
+        """Whether a turn with no other backend left may try it though open.
+
+        Not after a slow failure (the breaker is there to spare turns those)
+        nor a rejected key (only a new key helps).
+        """
+        return self.state is BreakerState.CLOSED or self.last_failure not in (
+            ErrorKind.TIMED_OUT,
+            ErrorKind.AUTH_FAILED,
+        )
+
+    def likely_back(self) -> bool:
+        """Whether it opened on a refused connection: a restart ends that."""
+        return self.last_failure is ErrorKind.UNREACHABLE

@@ -21,6 +21,8 @@ class Decision(StrEnum):
     """Started beside another that had said no answer word by its hedge delay."""
     QUEUED = "queued"
     """Waited in line, after every other backend was busy or failed."""
+    LAST_RESORT = "last_resort"
+    """Tried though its breaker is open: every other backend had failed."""
     SKIPPED = "skipped"
 
 

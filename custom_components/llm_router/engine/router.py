@@ -18,8 +18,14 @@ from .models import (
     ModelDetails,
     ProbeResult,
 )
-from .policy import OrderedPolicy, Policy, by_priority
-from .predictor import Forecast, Observation, forecast, keep_alive_seconds
+from .policy import OrderedPolicy, Policy
+from .predictor import (
+    Forecast,
+    Forecasts,
+    Observation,
+    forecast,
+    keep_alive_seconds,
+)
 from .servers import Server
 from .settings import RouterSettings
 from .state import BackendState
@@ -79,9 +85,12 @@ class Router:
     def notify(self, names: Iterable[str]) -> None:
         """Tell the listeners that these backends' state changed.
 
-        Backends on the same server as one of them changed too: they share
-        its slots and breaker.
+        Health may have: the backend to keep warm is chosen again. Backends
+        on the same server as one of them changed too: they share its slots
+        and breaker.
         """
+        for state in self.states.values():
+            self._keep_warm(state)
         servers = {self.states[name].server for name in names}
         if not servers:
             return
@@ -132,7 +141,7 @@ class Router:
         if only is not None:
             return [self.states[only]]
         if forecasts is None:
-            forecasts = {name: self.forecast(name) for name in self.states}
+            forecasts = Forecasts(self.forecast)
         return self.policy.order(list(self.states.values()), forecasts)
 
     def earlier_hedge_wants(self, turn: Turn, state: BackendState, now: float) -> bool:
@@ -228,12 +237,26 @@ class Router:
         task.add_done_callback(lambda _: self._probes.pop(name, None))
 
     def keeps_warm(self, state: BackendState) -> bool:
-        """Whether the router loads this backend's model ahead of requests."""
+        """Whether the router loads this backend's model ahead of requests.
+
+        Unless configured: the one that would serve the next turn.
+        """
         if not state.backend.loads_models:
             return False
         if state.config.keep_warm is not None:
             return state.config.keep_warm
-        return by_priority(list(self.states.values()))[0] is state
+        return self.next_choice() is state
+
+    def next_choice(self) -> BackendState | None:
+        """The backend the next turn would try first, of those answering."""
+        return next(
+            (
+                state
+                for state in self.candidates()
+                if state.breaker.allows() and state.online is not False
+            ),
+            None,
+        )
 
     def _keep_warm(self, state: BackendState) -> None:
         """Load the model now, or plan to when it is about to be unloaded.
@@ -341,14 +364,27 @@ class Router:
         )
         self.model_used(state)
 
-    def record_failure(self, state: BackendState, error: BackendError) -> None:
-        """Count a failure of the backend."""
+    def record_failure(
+        self, state: BackendState, error: BackendError, *, breaker: bool = True
+    ) -> None:
+        """Count a failure of the backend (and tell its breaker)."""
         state.requests += 1
         state.failures += 1
         state.last_error = error
         if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.AUTH_FAILED):
             self._set_online(state, error)
+        if breaker:
+            self._breaker_failure(state, error)
+
+    def missed_deadline(self, state: BackendState, error: BackendError) -> None:
+        """A first token is overdue: the breaker hears of it at once.
+
+        The attempt goes on (a late answer beats none) and is counted when it
+        ends.
+        """
+        state.last_error = error
         self._breaker_failure(state, error)
+        self.notify((state.name,))
 
     async def model_details(self, state: BackendState) -> ModelDetails:
         """The backend's model details, fetched once."""

@@ -13,7 +13,7 @@ from .attempt import AttemptHost, BackendAttempt
 from .errors import BackendError, ErrorKind, Overtaken
 from .models import ChatRequest
 from .outcomes import AllBackendsFailed, Attempt, Decision, Interrupted, RouterEvent
-from .predictor import Forecast
+from .predictor import Forecast, Forecasts
 from .settings import RouterSettings
 from .state import BackendState
 from .stats import GenerationStats
@@ -53,8 +53,13 @@ class TurnHost(AttemptHost, Protocol):
     def record_success(self, state: BackendState, attempt: BackendAttempt) -> None:
         """Learn from an answer."""
 
-    def record_failure(self, state: BackendState, error: BackendError) -> None:
-        """Count a failure of the backend."""
+    def record_failure(
+        self, state: BackendState, error: BackendError, *, breaker: bool = True
+    ) -> None:
+        """Count a failure of the backend (and tell its breaker)."""
+
+    def missed_deadline(self, state: BackendState, error: BackendError) -> None:
+        """Tell the backend's breaker of a missed deadline."""
 
     def notify(self, names: Iterable[str]) -> None:
         """Tell the listeners that these backends' state changed."""
@@ -76,6 +81,9 @@ class Turn:
         self._served: Attempt | None = None
         self._pending: deque[BackendState] = deque()
         self._deferred: list[BackendState] = []
+        self._open: list[BackendState] = []
+        """Skipped for an open breaker: tried last, if worth a try."""
+        self._racing: list[BackendAttempt] = []
         self.started = 0.0
         """When the turn began (loop time)."""
         self.deadline = 0.0
@@ -111,10 +119,13 @@ class Turn:
         router = self.host
         now = self.started = asyncio.get_running_loop().time()
         self.deadline = now + router.settings.turn_timeout
-        candidates = router.candidates(self._only, _Forecasts(self, now))
+        candidates = router.candidates(
+            self._only,
+            Forecasts(lambda name: router.forecast(name, self.request, now)),
+        )
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
-        racing: list[BackendAttempt] = []
+        racing = self._racing
         try:
             while True:
                 if not racing:
@@ -159,6 +170,7 @@ class Turn:
             if not state.breaker.allows():
                 state.skipped += 1
                 self._skip(state, ErrorKind.CIRCUIT_OPEN, "skipped, not answering")
+                self._open.append(state)
                 continue
             left = self.deadline - now
             if left <= 0:
@@ -185,8 +197,10 @@ class Turn:
             else:
                 decision = Decision.FALLBACK
             return BackendAttempt(self, state, predicted, decision)
-        if hedge or not self._deferred:
+        if hedge:
             return None
+        if not self._deferred:
+            return self._last_resort(now)
         # In line after all: the one expected to be free soonest.
         predicted, state = min(
             ((router.forecast(s.name, self.request, now), s) for s in self._deferred),
@@ -194,6 +208,22 @@ class Turn:
         )
         self._deferred.remove(state)
         return BackendAttempt(self, state, predicted, Decision.QUEUED)
+
+    def _last_resort(self, now: float) -> BackendAttempt | None:
+        """A backend skipped for its open breaker, before the turn gives up.
+
+        Envoy's panic mode, one at a time: a server that refused connections
+        first (a restart brings it back, and a refusal costs a millisecond),
+        then the others in policy order; none whose breaker opened on a slow
+        failure.
+        """
+        worth = [s for s in self._open if s.breaker.worth_a_try()]
+        if not worth or now >= self.deadline:
+            return None
+        state = min(worth, key=lambda s: not s.breaker.likely_back())
+        self._open.remove(state)
+        predicted = self.host.forecast(state.name, self.request, now)
+        return BackendAttempt(self, state, predicted, Decision.LAST_RESORT)
 
     def would_hedge_onto(self, state: BackendState, now: float) -> bool:
         """Whether this turn, waiting to hedge, would take state now."""
@@ -215,34 +245,33 @@ class Turn:
         loop = asyncio.get_running_loop()
         try:
             while racing:
-                timeout = None
+                now = loop.time()
+                hedge_at = None
                 if settings.hedging and len(racing) == 1 and not racing[0].hedged:
                     primary = racing[0]
                     delay = primary.state.latency.hedge_delay(
                         primary.forecast, settings.predictor
                     )
-                    timeout = max(
-                        0.0,
-                        primary.started + delay - loop.time(),
-                        primary.hedge_not_before - loop.time(),
+                    hedge_at = max(
+                        now, primary.started + delay, primary.hedge_not_before
                     )
-                if timeout is None and len(racing) == 1 and not racing[0].pulling:
-                    # Nothing to race or hedge: no task of its own to pull in.
-                    alone = racing[0]
-                    try:
-                        await alone.pull_here()
-                    except BackendError as err:
-                        racing.remove(alone)
-                        self._failed(alone, err)
-                        continue
-                    if alone.answering:
-                        return alone
+                due = [a.first_deadline for a in racing if a.awaits_first_token()]
+                wake = min(
+                    [*due, hedge_at] if hedge_at is not None else due, default=None
+                )
+                if wake is None and len(racing) == 1 and not racing[0].pulling:
+                    if await self._pull_alone(racing):
+                        return racing[0]
                     continue
                 pulls = {attempt.pull(): attempt for attempt in racing}
                 done, _ = await asyncio.wait(
-                    pulls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    pulls,
+                    timeout=None if wake is None else max(0.0, wake - now),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-                if not done:
+                if not done and self._overdue(racing):
+                    continue
+                if not done and hedge_at is not None and loop.time() >= hedge_at:
                     # Worth it only for a backend expected to answer before
                     # this one: as it runs later, that is more of them. Checked
                     # again until one is started; the longest waiting first.
@@ -270,6 +299,11 @@ class Turn:
                     except BackendError as err:
                         racing.remove(attempt)
                         self._failed(attempt, err)
+                        # Only overdue ones left: the next goes beside them.
+                        if all(a.overdue for a in racing) and (
+                            beside := self._start_next()
+                        ):
+                            racing.append(beside)
                         continue
                     if attempt.answering:
                         for other in [a for a in racing if a is not attempt]:
@@ -280,6 +314,37 @@ class Turn:
             return None
         finally:
             self._leave_hedge_line()
+
+    async def _pull_alone(self, racing: list[BackendAttempt]) -> bool:
+        """Take the one attempt's next event: nothing to race or wake for.
+
+        No task of its own, then: this one awaits it. Returns whether the
+        answer started; an attempt that failed leaves racing.
+        """
+        alone = racing[0]
+        try:
+            await alone.pull_here()
+        except BackendError as err:
+            racing.remove(alone)
+            self._failed(alone, err)
+            return False
+        return alone.answering
+
+    def _overdue(self, racing: list[BackendAttempt]) -> bool:
+        """Count the attempts whose first token is overdue; start the next beside.
+
+        They are not cut: the next backend may fail too, and a late answer
+        beats none. The breaker hears of the miss at once.
+        """
+        now = asyncio.get_running_loop().time()
+        late = [a for a in racing if a.awaits_first_token() and a.first_deadline <= now]
+        for attempt in late:
+            attempt.overdue = True
+            if (error := attempt.missed()).kind not in NOT_FAILURES:
+                self.host.missed_deadline(attempt.state, error)
+        if late and (beside := self._start_next()):
+            racing.append(beside)
+        return bool(late)
 
     def _leave_hedge_line(self) -> None:
         if self._hedge_beat is not None:
@@ -320,7 +385,8 @@ class Turn:
     def _failed(self, attempt: BackendAttempt, err: BackendError) -> None:
         state = attempt.state
         if err.kind not in NOT_FAILURES:
-            self.host.record_failure(state, err)
+            # An overdue attempt's breaker has heard of it already.
+            self.host.record_failure(state, err, breaker=not attempt.overdue)
         if attempt.first_word is None and err.kind is ErrorKind.TIMED_OUT:
             state.latency.observe_silence(
                 attempt.elapsed(), attempt.forecast, asyncio.get_running_loop().time()
@@ -334,23 +400,8 @@ class Turn:
         state.latency.observe_silence(
             loser.elapsed(), loser.forecast, asyncio.get_running_loop().time()
         )
-        self._note(
-            state, loser.outcome(Overtaken(f"{winner.state.name} answered first"))
-        )
-
-
-class _Forecasts(dict[str, Forecast]):
-    """Each backend's forecast for a turn's request, made when first read.
-
-    A policy that orders by priority alone reads none.
-    """
-
-    def __init__(self, turn: Turn, now: float) -> None:
-        super().__init__()
-        self._turn = turn
-        self._now = now
-
-    def __missing__(self, name: str) -> Forecast:
-        turn = self._turn
-        made = self[name] = turn.host.forecast(name, turn.request, self._now)
-        return made
+        if not loser.overdue:
+            error: BackendError = Overtaken(f"{winner.state.name} answered first")
+        elif (error := loser.missed()).kind not in NOT_FAILURES:
+            self.host.record_failure(state, error, breaker=False)
+        self._note(state, loser.outcome(error))
