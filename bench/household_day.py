@@ -253,6 +253,29 @@ def _parts(forecast: Forecast | None, scale: float) -> str:
     )
 
 
+def scaled_settings(scale: float, *, hedging: bool) -> RouterSettings:
+    """The router's defaults, with time shortened by scale."""
+    return RouterSettings(
+        turn_timeout=120 * scale,
+        cooldown=30 * scale,
+        probe_timeout=10 * scale,
+        latency_budget=3 * scale,
+        hedging=hedging,
+        predictor=PredictorSettings(
+            prompt_speed=100 / scale,
+            generation_speed=10 / scale,
+            load_seconds=20 * scale,
+            network_seconds=0.1 * scale,
+            load_noticeable=0.5 * scale,
+            congestion_fades=30 * scale,
+            hedge_min=0.5 * scale,
+            hedge_max=4 * scale,
+            warm_margin=60 * scale,
+            default_keep_alive=300 * scale,
+        ),
+    )
+
+
 async def run_day(
     policy_name: str, scale: float, *, trace: bool = False
 ) -> list[Outcome]:
@@ -277,25 +300,7 @@ async def run_day(
         "fastest+hedge": FastestPolicy(),
         "oracle": Oracle(truth),
     }
-    settings = RouterSettings(
-        turn_timeout=120 * scale,
-        cooldown=30 * scale,
-        probe_timeout=10 * scale,
-        latency_budget=3 * scale,
-        hedging=policy_name == "fastest+hedge",
-        predictor=PredictorSettings(
-            prompt_speed=100 / scale,
-            generation_speed=10 / scale,
-            load_seconds=20 * scale,
-            network_seconds=0.1 * scale,
-            load_noticeable=0.5 * scale,
-            congestion_fades=30 * scale,
-            hedge_min=0.5 * scale,
-            hedge_max=4 * scale,
-            warm_margin=60 * scale,
-            default_keep_alive=300 * scale,
-        ),
-    )
+    settings = scaled_settings(scale, hedging=policy_name == "fastest+hedge")
     outcomes = [Outcome() for _ in DAY]
     async with aiohttp.ClientSession() as session:
 

@@ -164,9 +164,13 @@ async def test_connection_follows_the_server(
     assert value(hass, "binary_sensor.pi_connection") == "off"  # off, not unavailable
     assert coordinator.update_interval == timedelta(seconds=10)  # faster while down
     assert value(hass, "sensor.pi_generation_speed") == "unknown"
+    # No time to an answer word that will not come.
+    predicted = "sensor.pi_predicted_time_to_first_answer_word"
+    assert value(hass, predicted) == "unavailable"
     await pi_server.start(pi_server.port)
     await coordinator.async_refresh()
     assert value(hass, "binary_sensor.pi_connection") == "on"
+    assert float(value(hass, predicted)) > 0
     assert coordinator.update_interval == timedelta(seconds=30)
 
 

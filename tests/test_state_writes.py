@@ -13,6 +13,7 @@ from homeassistant.core import Context, Event, HomeAssistant, callback
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
+from custom_components.llm_router.engine.errors import BackendUnreachable
 from tests.conftest import backend, probe_backends, router_entry, setup_router
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -110,3 +111,18 @@ async def test_a_burst_of_turns_predicts_once(
     forecast = router.forecast("GPU server")
     assert float(state.state) == round(forecast.total * 1000, 1)
     assert state.attributes["prompt"] == round(forecast.prompt, 3)
+
+
+async def test_a_prediction_shows_a_backend_going_down_at_once(
+    hass: HomeAssistant, openai: FakeOpenAI, ollama: FakeOllama
+) -> None:
+    await two_backends(hass, openai.url, ollama.url)
+    await ask(hass)  # predicted just now: the next prediction waits a second
+    router = hass.config_entries.async_entries("llm_router")[0].runtime_data.router
+    gpu = router.states["GPU server"]
+    for _ in range(gpu.breaker.failure_threshold):
+        gpu.breaker.record_failure(BackendUnreachable("connection refused"))
+    router.notify({"GPU server"})
+    state = hass.states.get(PREDICTION)
+    assert state is not None
+    assert state.state == "unavailable"

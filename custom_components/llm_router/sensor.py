@@ -313,14 +313,17 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
 
     @callback
     def _handle_coordinator_update(self) -> None:
-        """Predict anew, at most once per PREDICTION_INTERVAL."""
-        if self._planned is not None:
-            return
-        wait = self._predicted_at + PREDICTION_INTERVAL - self.hass.loop.time()
-        if wait > 0:
+        """Predict anew, at most once per PREDICTION_INTERVAL.
+
+        Whether the backend would answer at all shows at once.
+        """
+        if self._planned is None:
+            wait = self._predicted_at + PREDICTION_INTERVAL - self.hass.loop.time()
+            if wait <= 0:
+                self._update()
+                return
             self._planned = async_call_later(self.hass, wait, self._update_job)
-            return
-        self._update()
+        self.async_write_if_changed()
 
     @callback
     def _update(self, _now: datetime | None = None) -> None:
@@ -333,6 +336,14 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
         if self._planned is not None:
             self._planned()
             self._planned = None
+
+    @property
+    def available(self) -> bool:
+        """Not while the backend is down or its breaker open: it would not answer."""
+        state = self.backend
+        return (
+            super().available and state.online is not False and state.breaker.allows()
+        )
 
     @property
     def native_value(self) -> float | None:

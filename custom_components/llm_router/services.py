@@ -205,6 +205,7 @@ def attempt_data(attempt: Attempt) -> dict[str, Any]:
         "outcome": attempt.error_kind or "ok",
         "error": attempt.error,
         "decision": attempt.decision,
+        "note": attempt.note,
         "predicted_first_word_ms": _milliseconds(forecast.total) if forecast else None,
         "first_word_ms": _milliseconds(attempt.first_word),
         "queued_ms": _milliseconds(attempt.queued),

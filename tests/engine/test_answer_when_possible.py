@@ -26,8 +26,10 @@ from custom_components.llm_router.engine.models import (
     BackendKind,
     ChatMessage,
     ChatRequest,
+    ReasoningDelta,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
+from custom_components.llm_router.engine.openai import OpenAIBackend
 from custom_components.llm_router.engine.outcomes import (
     AllBackendsFailed,
     Decision,
@@ -44,6 +46,7 @@ from tests.engine.test_router import (
 )
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.openai_server import FakeOpenAI
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "Is the porch light on?"),))
 
@@ -226,3 +229,137 @@ async def test_reload_then_a_turn_while_the_pi_loads() -> None:
         assert turn.served_by == "Pi"
         assert answer_of(events) == "The porch light is on."
         assert fake.loads == 1
+
+
+# Reasoning against the answer cap.
+
+R1_THINKING = " ".join(f"step{n}" for n in range(700))
+TEN_WORDS = "The porch light is on and the door is locked now."
+
+
+@asynccontextmanager
+async def thinking_pi(
+    **config: Any,
+) -> AsyncIterator[tuple[FakeOllama, OllamaBackend]]:
+    """The Pi set to think (think auto off), its model an R1-like reasoner."""
+    async with aiohttp.ClientSession() as session, FakeOllama() as fake:
+        backend = OllamaBackend(
+            BackendConfig(
+                "Pi", BackendKind.OLLAMA, fake.url, "qwen3", think=True, **config
+            ),
+            session,
+        )
+        yield fake, backend
+
+
+async def test_reasoning_does_not_eat_the_answer_cap() -> None:
+    async with thinking_pi(max_tokens=512) as (fake, pi):
+        fake.default_reply = Reply(text=TEN_WORDS, thinking=R1_THINKING)
+        router = TrackedRouter([pi])
+        turn, events = await collect(router, REQUEST)
+        assert answer_of(events) == TEN_WORDS
+        assert turn.served is not None
+        assert turn.served.note is None
+        (body,) = fake.chat_bodies
+        assert body["think"] is True
+        assert "num_predict" not in body.get("options", {})
+
+
+async def test_the_cap_still_bounds_the_answer_while_thinking() -> None:
+    async with thinking_pi(max_tokens=3) as (fake, pi):
+        fake.default_reply = Reply(text=TEN_WORDS, thinking="Look it up.")
+        router = TrackedRouter([pi])
+        turn, events = await collect(router, REQUEST)
+        assert answer_of(events) == "The porch light"
+        assert turn.stats is not None
+
+
+async def test_a_stop_at_the_servers_limit_while_reasoning_asks_again_without() -> None:
+    async with thinking_pi() as (fake, pi):
+        fake.script(
+            Reply(text=TEN_WORDS, thinking=R1_THINKING, length_after=100),
+            Reply(text=TEN_WORDS),
+        )
+        router = TrackedRouter([pi])
+        turn, events = await collect(router, REQUEST)
+        assert answer_of(events) == TEN_WORDS
+        assert not any(isinstance(e, ReasoningDelta) for e in events)
+        assert [body.get("think") for body in fake.chat_bodies] == [True, False]
+        assert turn.served is not None
+        assert turn.served.note == (
+            "stopped at the token cap while reasoning, before any answer word; "
+            "asked again without thinking"
+        )
+
+
+async def test_reasoning_past_its_time_asks_again_without_thinking() -> None:
+    """Reasoning may run until a first token's time before the turn's end."""
+    async with thinking_pi(first_token_timeout=0.5) as (fake, pi):
+        fake.script(
+            Reply(text=TEN_WORDS, thinking=R1_THINKING, tokens_per_second=100),
+            Reply(text=TEN_WORDS),
+        )
+        router = TrackedRouter([pi], settings=RouterSettings(turn_timeout=1.0))
+        turn, events = await collect(router, REQUEST)
+        assert answer_of(events) == TEN_WORDS
+        assert [body.get("think") for body in fake.chat_bodies] == [True, False]
+        assert turn.served is not None
+        assert turn.served.note is not None
+        assert turn.served.note.startswith("reasoned for ")
+        assert turn.served.note.endswith(
+            "without an answer word; asked again without thinking"
+        )
+
+
+async def test_length_before_any_answer_word_says_so_and_falls_back() -> None:
+    """A server that cannot switch reasoning off: the next backend answers."""
+    async with aiohttp.ClientSession() as session, FakeOpenAI() as fake:
+        fake.default_reply = Reply(text=TEN_WORDS, thinking=R1_THINKING)
+        box = OpenAIBackend(
+            BackendConfig(
+                "Box",
+                BackendKind.OPENAI,
+                fake.url,
+                "fake-model",
+                priority=1,
+                max_tokens=512,
+            ),
+            session,
+        )
+        spare = ScriptedBackend("Spare", 2)
+        router = TrackedRouter([box, spare])
+        turn, _ = await collect(router, REQUEST)
+        assert turn.served_by == "Spare"
+        cut = turn.attempts[0]
+        assert (cut.backend, cut.error_kind, cut.error) == (
+            "Box",
+            ErrorKind.BAD_REQUEST,
+            "stopped at the token cap while reasoning, before any answer word",
+        )
+        assert router.states["Box"].breaker.consecutive_failures == 0
+
+
+async def test_a_server_that_stopped_answering_is_expected_to_load_when_back() -> None:
+    """A restarted Ollama has no model loaded: its last resort waits the load."""
+    async with gpu_off_and_a_cold_pi(load_seconds=0.8, keep_warm=False) as (
+        fake,
+        backends,
+    ):
+        router = TrackedRouter([backends[1]], settings=RouterSettings(cooldown=3600))
+        await collect(router, REQUEST)  # loads the model: its time is learnt
+        assert router.forecast("Pi").load == 0.0
+        port = fake.port
+        await fake.stop()
+        with pytest.raises(AllBackendsFailed):
+            await collect(router, REQUEST)
+        assert router.forecast("Pi").load == pytest.approx(0.8, abs=0.2)
+        fake.loaded.clear()
+        await fake.start(port)
+        turn, _ = await collect(router, REQUEST)
+        assert [(a.decision, a.error_kind) for a in turn.attempts] == [
+            (Decision.SKIPPED, ErrorKind.CIRCUIT_OPEN),
+            (Decision.LAST_RESORT, None),
+        ]
+        # Not overdue while loading: the breaker heard of no missed deadline.
+        assert router.states["Pi"].last_error is not None
+        assert router.states["Pi"].last_error.kind is ErrorKind.UNREACHABLE

@@ -58,6 +58,9 @@ class Reply:
     drop_after_chunks: int | None = None
     # Send one malformed chunk after this many chunks.
     malformed_after_chunks: int | None = None
+    # Stop after this many pieces with done_reason "length", as a server at
+    # a token limit of its own does.
+    length_after: int | None = None
     # Usage numbers the server reports (None: derived from the text).
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

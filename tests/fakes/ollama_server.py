@@ -331,7 +331,7 @@ class _Answer:
         self.messages += [{"role": "assistant", "content": piece} for piece in text]
         # num_predict counts every generated token, reasoning included.
         self.done_reason = "stop"
-        limit = (body.get("options") or {}).get("num_predict")
+        limit = (body.get("options") or {}).get("num_predict", reply.length_after)
         if limit is not None and 0 <= limit < len(self.messages):
             self.messages = self.messages[:limit]
             self.done_reason = "length"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
+import math
 from typing import Protocol
 
 from .errors import (
@@ -14,7 +15,9 @@ from .errors import (
     BackendTimeout,
     BadResponse,
     CapabilityUnsupported,
+    CutAtCap,
     OutOfTime,
+    ReasoningTooLong,
 )
 from .models import (
     Capability,
@@ -98,6 +101,9 @@ class BackendAttempt:
         self.first_word: float | None = None
         self._first_token = False
         self.reasoning_tokens = 0
+        self._answer_pieces = 0
+        self._without_thinking = False
+        self.note: str | None = None
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
         # In line from now on, so that the next turn sees this slot as taken.
@@ -172,6 +178,7 @@ class BackendAttempt:
             forecast=self.forecast,
             first_word=self.first_word,
             queued=self.queued,
+            note=self.note,
         )
 
     def missed(self) -> BackendError:
@@ -230,35 +237,66 @@ class BackendAttempt:
                         raise
                     # Learnt the hard way: retry at once without the feature.
                     state.unsupported.add(capability)
+                except (ReasoningTooLong, CutAtCap) as err:
+                    if not self._ask_without_thinking(sent, err):
+                        raise
         finally:
             state.holding.remove(hold)
             self.slot_seconds = loop.time() - taken
             state.slots.release()
 
+    def _ask_without_thinking(self, sent: ChatRequest, err: BackendError) -> bool:
+        """Whether to ask again, without thinking, after reasoning hit its bound.
+
+        Only before any answer word, and where the server can switch
+        thinking off; its reasoning so far is dropped, never shown.
+        """
+        if self.answering or not sent.think or not self.state.backend.switches_thinking:
+            return False
+        self._without_thinking = True
+        self._held.clear()
+        self.note = f"{err.message}; asked again without thinking"
+        return True
+
     def _adapt(self) -> ChatRequest:
         """The request as this backend's model can take it."""
         state = self.state
         request = self._request
-        think = self.forecast.think and state.supports(Capability.THINKING)
+        think = (
+            self.forecast.think
+            and state.supports(Capability.THINKING)
+            and not self._without_thinking
+        )
         if request.tools and not state.supports(Capability.TOOLS):
             request = request.without_tools()
         return replace(request, think=think)
 
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
-        state = self.state
+        config = self.state.config
         loop = asyncio.get_running_loop()
         # A thinking model behind a server that does not split reasoning out
         # may start without <think>: hold its output until </think> shows.
         splitter = ReasoningSplitter(
-            expect_reasoning=bool(request.think) and not state.backend.splits_reasoning
+            expect_reasoning=bool(request.think)
+            and not self.state.backend.splits_reasoning
         )
         clock = StreamClock(started=loop.time())
         server_stats: ServerStats | None = None
-        stream = state.backend.chat(request)
+        # The servers count reasoning in their cap: while thinking, none is
+        # sent and the answer is counted here. Reasoning may go on until as
+        # long before the turn's deadline as a first token may take: the
+        # time to ask again without thinking.
+        cap = config.max_tokens if request.think else None
+        reasoning_until = (
+            self._turn_deadline - config.first_token_timeout
+            if request.think
+            else math.inf
+        )
+        stream = self.state.backend.chat(request)
         watchdog = _Watchdog()
         try:
             while True:
-                limit = self._limit(clock)
+                limit = self._limit(clock, reasoning_until)
                 watchdog.arm(limit)
                 try:
                     event = await anext(stream)
@@ -267,7 +305,9 @@ class BackendAttempt:
                 except asyncio.CancelledError:
                     if not watchdog.expired():
                         raise
-                    raise self._too_slow(limit, clock) from None
+                    raise self._timed_out(
+                        clock.first_token is None, limit, reasoning_until, clock
+                    ) from None
                 finally:
                     watchdog.disarm()
                 match event:
@@ -280,56 +320,80 @@ class BackendAttempt:
                         yield event
                     case TextDelta():
                         self._token(clock, loop.time())
-                        if splitter.passes(event.text):
-                            yield event  # the answer, already begun
-                        else:
-                            split = splitter.feed(event.text)
-                            for out in self._split_events(
-                                split.reasoning, split.answer
-                            ):
-                                yield out
+                        for out in self._text_events(splitter, event):
+                            yield out
                     case ToolCallDelta():
                         self._token(clock, loop.time())
                         self.answering = True
                         yield event
+                if cap is not None and self._answer_pieces >= cap:
+                    server_stats = ServerStats(
+                        output_chunks=self._answer_pieces, cut_at_cap=True
+                    )
+                    break
         finally:
             watchdog.stop()
             await stream.aclose()
         split = splitter.flush()
         for out in self._split_events(split.reasoning, split.answer):
             yield out
-        self.stats = self._summary(server_stats, clock)
+        self._finish(server_stats, clock)
 
-    def _summary(
-        self, server_stats: ServerStats | None, clock: StreamClock
-    ) -> GenerationStats:
-        """The answer's statistics; BadResponse for a stream that was none."""
-        if server_stats is None:
-            raise BadResponse("the answer ended early")
-        if not self.answering:
-            raise BadResponse("empty answer")
-        return summarize(server_stats, clock, asyncio.get_running_loop().time())
-
-    def _limit(self, clock: StreamClock) -> float:
-        """When the next part must have come: the turn's end, or a stall's.
+    def _limit(self, clock: StreamClock, reasoning_until: float) -> float:
+        """When the next part must have come: the turn's end, a stall's, reasoning's.
 
         The first token's own deadline is the turn's to watch (see Turn).
         """
         if clock.first_token is None:
             return self._turn_deadline
-        return min(
+        limit = min(
             asyncio.get_running_loop().time() + self.state.config.stall_timeout,
             self._turn_deadline,
         )
+        return limit if self.answering else min(limit, reasoning_until)
 
-    def _too_slow(self, limit: float, clock: StreamClock) -> BackendError:
-        """The error for a part that did not come by limit."""
-        if clock.first_token is None:
+    def _text_events(
+        self, splitter: ReasoningSplitter, delta: TextDelta
+    ) -> Sequence[RouterEvent]:
+        """A text delta's events: itself, once the answer passes untouched."""
+        if splitter.passes(delta.text):
+            self._answer_pieces += 1
+            return (delta,)
+        split = splitter.feed(delta.text)
+        return self._split_events(split.reasoning, split.answer)
+
+    def _timed_out(
+        self,
+        waiting_first: bool,
+        limit: float,
+        reasoning_until: float,
+        clock: StreamClock,
+    ) -> BackendError:
+        """Which deadline passed: the first token's, reasoning's, the turn's, a stall's."""
+        if waiting_first:
             return self._late(self.first_deadline)
+        if limit == reasoning_until:
+            seconds = asyncio.get_running_loop().time() - clock.started
+            return ReasoningTooLong(
+                f"reasoned for {seconds:.0f} s without an answer word"
+            )
         if limit >= self._turn_deadline:
             return OutOfTime("the turn's time ran out")
-        stall = self.state.config.stall_timeout
-        return BackendTimeout(f"stalled for {stall:g} s")
+        return BackendTimeout(f"stalled for {self.state.config.stall_timeout:g} s")
+
+    def _finish(self, server_stats: ServerStats | None, clock: StreamClock) -> None:
+        """Judge a stream that ended; keep its statistics if it answered."""
+        if server_stats is None:
+            raise BadResponse("the answer ended early")
+        if server_stats.cut_at_cap and not self.answering:
+            raise CutAtCap(
+                "stopped at the token cap "
+                + ("while reasoning, " if self.reasoning_tokens else "")
+                + "before any answer word"
+            )
+        if not self.answering:
+            raise BadResponse("empty answer")
+        self.stats = summarize(server_stats, clock, asyncio.get_running_loop().time())
 
     def awaits_first_token(self) -> bool:
         """Whether its first token is still to come, and not yet overdue."""
@@ -350,6 +414,7 @@ class BackendAttempt:
             if self.first_word is None:
                 self.first_word = asyncio.get_running_loop().time() - self.started
             self.answering = True
+            self._answer_pieces += 1
             events.append(TextDelta(answer))
         return events
 

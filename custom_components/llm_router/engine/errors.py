@@ -50,6 +50,10 @@ class BackendTimeout(BackendError):
     kind = ErrorKind.TIMED_OUT
 
 
+class ReasoningTooLong(BackendTimeout):
+    """The model reasoned into the time kept for asking again without it."""
+
+
 class BackendServerError(BackendError):
     """The server answered 5xx or 429."""
 
@@ -89,6 +93,15 @@ class BadRequest(BackendError):
 
     The request caused it (a prompt longer than the context window, a schema
     the server cannot follow), not the server: the breaker does not count it.
+    """
+
+    kind = ErrorKind.BAD_REQUEST
+
+
+class CutAtCap(BackendError):
+    """The model stopped at the token cap before any answer word.
+
+    The cap, not the server, is at fault: the breaker does not count it.
     """
 
     kind = ErrorKind.BAD_REQUEST

@@ -42,7 +42,8 @@ class BackendConfig:
     """Think only when the prediction with reasoning fits the latency budget
     (where the server can switch thinking off; otherwise think)."""
     max_tokens: int | None = None
-    """Answer cap (Ollama num_predict, OpenAI max_tokens); reasoning counts."""
+    """Answer cap (Ollama num_predict, OpenAI max_tokens). Servers count
+    reasoning in it, so while thinking the router counts the answer itself."""
     keep_warm: bool | None = None
     """Keep the model loaded (Ollama); None: only for the first choice."""
     keep_alive: str | int | None = None
@@ -152,6 +153,9 @@ class ServerStats:
     output_chunks: int = 0
     """Stream chunks that carried output. Servers stream one token per
     chunk, so this stands in for completion_tokens where they give none."""
+    cut_at_cap: bool = False
+    """The server stopped at the token cap (done_reason/finish_reason
+    "length")."""
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | ServerStats

@@ -240,7 +240,8 @@ class OllamaBackend(Backend):
         options: dict[str, Any] = {}
         if config.num_ctx is not None:
             options["num_ctx"] = config.num_ctx
-        if config.max_tokens is not None:
+        # num_predict counts reasoning too: while thinking, the router caps.
+        if config.max_tokens is not None and not think:
             options["num_predict"] = config.max_tokens
         if options:
             arguments["options"] = options
@@ -498,6 +499,7 @@ def _events(message: ollama.Message) -> list[StreamEvent]:
 def _stats(done: ollama.ChatResponse) -> ServerStats:
     """The statistics of the final chunk; Ollama counts nanoseconds."""
     return ServerStats(
+        cut_at_cap=done.done_reason == "length",
         prompt_tokens=done.prompt_eval_count,
         completion_tokens=done.eval_count,
         prompt_seconds=_seconds(done.prompt_eval_duration),

@@ -191,7 +191,8 @@ class OpenAIBackend(Backend):
         }
         if self._takes_stream_options is not False:
             body["stream_options"] = {"include_usage": True}
-        if self.config.max_tokens is not None:
+        # max_tokens counts reasoning too: while thinking, the router caps.
+        if self.config.max_tokens is not None and not request.think:
             body["max_tokens"] = self.config.max_tokens
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
@@ -417,6 +418,7 @@ class _Stream:
         self._timings: ServerStats | None = None
         self._usage: ServerStats | None = None
         self._output_chunks = 0
+        self._cut_at_cap = False
         self.finished = False
         """Whether a finish_reason came: the answer is complete."""
 
@@ -451,7 +453,9 @@ class _Stream:
                 output = self._delta(delta)
                 self._output_chunks += bool(output or delta.get("tool_calls"))
                 events += output
-                self.finished = self.finished or bool(choice.get("finish_reason"))
+                reason = choice.get("finish_reason")
+                self.finished = self.finished or bool(reason)
+                self._cut_at_cap = self._cut_at_cap or reason == "length"
             return events
         except (ValueError, LookupError, AttributeError, TypeError) as err:
             raise BadResponse("malformed stream chunk") from err
@@ -481,7 +485,11 @@ class _Stream:
         if self._calls:
             events.append(ToolCallDelta(tuple(map(_tool_call, self._calls.values()))))
         stats = self._timings or self._usage or ServerStats()
-        events.append(replace(stats, output_chunks=self._output_chunks))
+        events.append(
+            replace(
+                stats, output_chunks=self._output_chunks, cut_at_cap=self._cut_at_cap
+            )
+        )
         return events
 
 

@@ -43,6 +43,9 @@ class Attempt:
     """Seconds from the attempt's start to its first answer word."""
     queued: float = 0.0
     """Seconds spent waiting for a slot."""
+    note: str | None = None
+    """What the router did about the answer, such as asking again without
+    thinking."""
 
     @property
     def ok(self) -> bool:

@@ -177,6 +177,9 @@ class Router:
         elif error is not None and state.online is not False:
             _LOGGER.warning("Backend %s is unavailable: %s", state.name, error)
         state.online = error is None
+        if error is not None:
+            # Back after a restart, it loads the model first: expect that.
+            state.loaded_until = -math.inf
 
     def _record_probe_success(self, state: BackendState, result: ProbeResult) -> None:
         state.version = result.version

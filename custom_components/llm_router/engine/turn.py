@@ -83,7 +83,6 @@ class Turn:
         self._deferred: list[BackendState] = []
         self._open: list[BackendState] = []
         """Skipped for an open breaker: tried last, if worth a try."""
-        self._racing: list[BackendAttempt] = []
         self.started = 0.0
         """When the turn began (loop time)."""
         self.deadline = 0.0
@@ -125,7 +124,7 @@ class Turn:
         )
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
-        racing = self._racing
+        racing: list[BackendAttempt] = []
         try:
             while True:
                 if not racing:
@@ -395,7 +394,7 @@ class Turn:
         _LOGGER.debug("Backend %s failed: %s", state.name, err)
 
     def _lost(self, loser: BackendAttempt, winner: BackendAttempt) -> None:
-        """A hedged attempt that answered later than another: no failure."""
+        """An attempt another answered before: no failure, unless it was overdue."""
         state = loser.state
         state.latency.observe_silence(
             loser.elapsed(), loser.forecast, asyncio.get_running_loop().time()
