@@ -119,7 +119,10 @@ async def test_values_after_a_fallback_turn(
     assert float(value(hass, "sensor.pi_time_to_first_token")) > 0
     assert float(value(hass, "sensor.pi_time_to_first_answer_word")) > 0
     assert float(value(hass, "sensor.pi_response_time")) > 0
-    # Learnt from the answer: 412 prompt tokens at 515 tok/s for a short request.
+    # Learnt from the answer: 412 prompt tokens at 515 tok/s for a short request;
+    # predicted anew at most once a second.
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
+    await hass.async_block_till_done()
     predicted = hass.states.get("sensor.pi_predicted_time_to_first_answer_word")
     assert predicted is not None
     assert float(predicted.state) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from homeassistant.components.sensor import SensorEntity
 from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity
@@ -25,6 +26,30 @@ def router_device_identifier(entry: LLMRouterConfigEntry) -> tuple[str, str]:
     return (DOMAIN, entry.entry_id)
 
 
+class ShowsChanges(Entity):
+    """Writes its state on a change of router state only when what it shows changed.
+
+    Routed requests change the router's state many times a second under
+    load; a write costs far more than comparing what would be written.
+    """
+
+    _shown: object = None
+
+    def _showing(self) -> object:
+        """What the entity's state shows."""
+        # A sensor's state is its native value converted: the same for the same.
+        value = self.native_value if isinstance(self, SensorEntity) else self.state
+        return (self.available, value, self.extra_state_attributes)
+
+    @callback
+    def async_write_if_changed(self) -> None:
+        """Write the state unless it would show what it shows already."""
+        shown = self._showing()
+        if shown != self._shown:
+            self._shown = shown
+            self.async_write_ha_state()
+
+
 class LLMRouterEntity(Entity):
     """An entity of the router's device."""
 
@@ -43,23 +68,23 @@ class LLMRouterEntity(Entity):
         )
 
 
-class LLMRouterStateEntity(LLMRouterEntity):
-    """A router entity whose state follows every change of router state."""
+class LLMRouterStateEntity(LLMRouterEntity, ShowsChanges):
+    """A router entity whose state follows the answered requests."""
 
     _attr_should_poll = False
 
     async def async_added_to_hass(self) -> None:
-        """Update on every router change."""
+        """Update when an answered request was counted."""
         await super().async_added_to_hass()
         self.async_on_remove(
-            self.entry.runtime_data.async_add_listener(self.async_write_ha_state)
+            self.entry.runtime_data.async_add_listener(self.async_write_if_changed)
         )
 
 
-class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator]):
+class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator], ShowsChanges):
     """An entity of one backend's device.
 
-    Updated by its health probes and by every routed request.
+    Updated by its health probes and by the routed requests it took part in.
     """
 
     _attr_has_entity_name = True
@@ -94,9 +119,11 @@ class LLMRouterBackendEntity(CoordinatorEntity[BackendHealthCoordinator]):
         """Also update on routed requests, not only on probes."""
         await super().async_added_to_hass()
         self.async_on_remove(
-            self.entry.runtime_data.async_add_listener(self._handle_coordinator_update)
+            self.entry.runtime_data.async_add_backend_listener(
+                self.coordinator.backend_name, self._handle_coordinator_update
+            )
         )
 
     @callback
     def _handle_coordinator_update(self) -> None:
-        self.async_write_ha_state()
+        self.async_write_if_changed()

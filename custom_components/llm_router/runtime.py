@@ -70,18 +70,29 @@ class LLMRouterData:
     """User turns answered by other than the first choice."""
     last_backend: str | None = None
     _listeners: list[CALLBACK_TYPE] = field(default_factory=list)
+    _backend_listeners: dict[str, list[CALLBACK_TYPE]] = field(default_factory=dict)
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> Callable[[], None]:
-        """Call listener on every change of router state."""
+        """Call listener when an answered request was counted."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
     @callback
-    def async_notify(self) -> None:
-        """Tell every listener that router state changed."""
-        for listener in list(self._listeners):
-            listener()
+    def async_add_backend_listener(
+        self, name: str, listener: CALLBACK_TYPE
+    ) -> Callable[[], None]:
+        """Call listener when what the router knows of backend name changed."""
+        listeners = self._backend_listeners.setdefault(name, [])
+        listeners.append(listener)
+        return lambda: listeners.remove(listener)
+
+    @callback
+    def async_backends_changed(self, names: frozenset[str]) -> None:
+        """Tell the listeners of these backends that their state changed."""
+        for name in names:
+            for listener in list(self._backend_listeners.get(name, ())):
+                listener()
 
     @callback
     def async_record(self, served_by: str | None, *, fell_back: bool) -> None:
@@ -90,7 +101,8 @@ class LLMRouterData:
             return
         self.last_backend = served_by
         self.fallbacks += fell_back
-        self.async_notify()
+        for listener in list(self._listeners):
+            listener()
 
 
 type LLMRouterConfigEntry = ConfigEntry[LLMRouterData]
@@ -210,5 +222,5 @@ def create_router(
         router_device_id=router_device_id,
         unusable=unusable,
     )
-    data.router.add_listener(data.async_notify)
+    data.router.add_listener(data.async_backends_changed)
     return data

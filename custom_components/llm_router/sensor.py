@@ -16,8 +16,9 @@ from homeassistant.components.sensor import (
     SensorStateClass,
 )
 from homeassistant.const import EntityCategory, UnitOfTime
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CALLBACK_TYPE, HassJob, HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.event import async_call_later
 from homeassistant.helpers.typing import StateType
 
 from .coordinator import BackendHealthCoordinator
@@ -33,6 +34,8 @@ from .runtime import LLMRouterConfigEntry, LLMRouterData
 PARALLEL_UPDATES = 0
 
 TOKENS_PER_SECOND = "tok/s"
+PREDICTION_INTERVAL = 1.0
+"""Seconds between new predictions at most: a burst of turns makes one."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,7 +298,10 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
     """The backend's predicted time to the first answer word of a short request.
 
     Its parts (queue, model load, prompt, reasoning, network) are attributes.
+    Predicted when what it depends on changed, not at every state write.
     """
+
+    _forecast: Forecast
 
     _unrecorded_attributes = frozenset(
         {"queue", "load", "prompt", "reasoning", "network", "think"}
@@ -310,9 +316,45 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
         """Create the sensor."""
         super().__init__(entry, coordinator, description.key)
         self.entity_description = description
+        self._predicted_at = 0.0
+        self._planned: CALLBACK_TYPE | None = None
+        self._update_job = HassJob(self._update, cancel_on_shutdown=True)
 
-    def _forecast(self) -> Forecast:
+    async def async_added_to_hass(self) -> None:
+        """Predict once before the first write; after, when the inputs change."""
+        self._forecast = self._predict()
+        await super().async_added_to_hass()
+        self.async_on_remove(self._cancel_update)
+
+    def _predict(self) -> Forecast:
+        self._predicted_at = self.hass.loop.time()
         return self.coordinator.router.forecast(self.coordinator.backend_name)
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        """Predict anew, at most once per PREDICTION_INTERVAL.
+
+        Whether the backend would answer at all shows at once.
+        """
+        if self._planned is None:
+            wait = self._predicted_at + PREDICTION_INTERVAL - self.hass.loop.time()
+            if wait <= 0:
+                self._update()
+                return
+            self._planned = async_call_later(self.hass, wait, self._update_job)
+        self.async_write_if_changed()
+
+    @callback
+    def _update(self, _now: datetime | None = None) -> None:
+        self._planned = None
+        self._forecast = self._predict()
+        self.async_write_if_changed()
+
+    @callback
+    def _cancel_update(self) -> None:
+        if self._planned is not None:
+            self._planned()
+            self._planned = None
 
     @property
     def available(self) -> bool:
@@ -325,13 +367,13 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
     @property
     def native_value(self) -> float | None:
         """Milliseconds; unknown while the backend is busy for an unknown time."""
-        total = self._forecast().total
+        total = self._forecast.total
         return round(total * 1000, 1) if math.isfinite(total) else None
 
     @property
     def extra_state_attributes(self) -> Mapping[str, Any]:
         """The parts of the prediction, in seconds."""
-        forecast = self._forecast()
+        forecast = self._forecast
         return {
             "queue": forecast.queue,
             "load": forecast.load,

@@ -197,7 +197,7 @@ async def test_keeping_warm_follows_health() -> None:
         router = TrackedRouter([gpu, backends[1]])
         assert router.next_choice() is router.states["GPU"]
         router.states["GPU"].breaker.record_failure(BackendUnreachable("refused"))
-        router.notify()
+        router.notify(("GPU",))
         assert router.next_choice() is router.states["Pi"]
         assert router.keeps_warm(router.states["Pi"])
 

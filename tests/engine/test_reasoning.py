@@ -8,8 +8,12 @@ from custom_components.llm_router.engine.reasoning import ReasoningSplitter, Spl
 
 
 def run(chunks: list[str], *, expect_reasoning: bool = False) -> tuple[str, str]:
+    """Split as the router does: chunks that pass are the answer as they are."""
     splitter = ReasoningSplitter(expect_reasoning=expect_reasoning)
-    parts = [splitter.feed(chunk) for chunk in chunks]
+    parts = [
+        Split(answer=chunk) if splitter.passes(chunk) else splitter.feed(chunk)
+        for chunk in chunks
+    ]
     parts.append(splitter.flush())
     return "".join(p.reasoning for p in parts), "".join(p.answer for p in parts)
 
@@ -50,6 +54,22 @@ def test_plain_text_streams_without_delay() -> None:
     splitter = ReasoningSplitter()
     assert splitter.feed("Hello") == Split(answer="Hello")
     assert splitter.feed(" world") == Split(answer=" world")
+
+
+def test_only_answer_text_without_tags_passes() -> None:
+    plain = ReasoningSplitter()
+    assert not plain.passes(" Hello")  # the answer's leading space goes
+    assert plain.feed(" Hello") == Split(answer="Hello")
+    assert plain.passes(" world")
+    assert not plain.passes(" a <think>")
+    thinking = ReasoningSplitter(expect_reasoning=True)
+    thinking.feed("The user")
+    assert not thinking.passes(" wants light.")
+    thinking.feed(" wants light.</think>On")
+    assert thinking.passes(" it goes.")
+    partial = ReasoningSplitter()
+    partial.feed("a <thi")
+    assert not partial.passes("s")  # "<thi" is held until it is no tag
 
 
 def test_partial_tag_at_chunk_end_is_held_then_released() -> None:

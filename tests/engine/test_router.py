@@ -39,7 +39,9 @@ from custom_components.llm_router.engine.outcomes import (
     Interrupted,
     RouterEvent,
 )
+from custom_components.llm_router.engine.predictor import Forecast
 from custom_components.llm_router.engine.router import Router
+from custom_components.llm_router.engine.servers import Server
 from custom_components.llm_router.engine.settings import RouterSettings
 from tests.conftest import until
 
@@ -451,8 +453,8 @@ async def test_model_details_timeout_is_a_failure() -> None:
 async def test_probe_results_feed_state_and_listeners() -> None:
     gpu = ScriptedBackend("GPU")
     router = TrackedRouter([gpu], settings=RouterSettings(probe_timeout=0.05))
-    changes: list[None] = []
-    remove = router.add_listener(lambda: changes.append(None))
+    changes: list[frozenset[str]] = []
+    remove = router.add_listener(changes.append)
     assert await router.async_probe("GPU")
     state = router.states["GPU"]
     assert (state.online, state.version) == (True, "1.0")
@@ -462,10 +464,75 @@ async def test_probe_results_feed_state_and_listeners() -> None:
     assert state.online is False
     assert state.breaker.state is BreakerState.OPEN
     assert (state.failed_probes, state.requests, state.failures) == (1, 0, 0)
-    assert len(changes) == 2
+    assert changes == [frozenset({"GPU"})] * 2
     remove()
     await router.async_probe("GPU")
     assert len(changes) == 2
+
+
+async def test_a_turn_tells_listeners_of_the_backends_it_changed() -> None:
+    # Pi and Pi2 share a server: what one holds, the other waits for.
+    gpu, pi, twin, idle = (
+        ScriptedBackend("GPU", 1),
+        ScriptedBackend("Pi", 2),
+        ScriptedBackend("Pi2", 3),
+        ScriptedBackend("Idle", 4),
+    )
+    gpu.streams = [[BackendServerError("HTTP 500")]]
+    shared = Server.create(max_parallel=1, failure_threshold=3)
+    router = TrackedRouter([gpu, pi, twin, idle], servers={"Pi": shared, "Pi2": shared})
+    changes: list[frozenset[str]] = []
+    router.add_listener(changes.append)
+    turn, _ = await collect(router)
+    assert turn.served_by == "Pi"
+    assert changes == [frozenset({"GPU", "Pi", "Pi2"})]
+
+
+class ForecastCounting(TrackedRouter):
+    """Notes the backends it forecasts, in order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.forecast_for: list[str] = []
+
+    def forecast(self, name: str, *args: Any, **kwargs: Any) -> Forecast:
+        self.forecast_for.append(name)
+        return super().forecast(name, *args, **kwargs)
+
+
+async def test_a_turn_forecasts_only_what_is_read() -> None:
+    # The ordered policy reads no forecast; the attempt reads its backend's.
+    router = ForecastCounting([ScriptedBackend("GPU", 1), ScriptedBackend("Pi", 2)])
+    turn, _ = await collect(router)
+    assert turn.served_by == "GPU"
+    assert router.forecast_for == ["GPU"]
+
+
+class TaskNoting(ScriptedBackend):
+    """Notes the task each of its stream's events is pulled in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        async for event in super().chat(request):
+            self.tasks.append(asyncio.current_task())
+            yield event
+
+
+@pytest.mark.parametrize("hedging", [False, True])
+async def test_a_lone_attempt_streams_in_the_turns_task(hedging: bool) -> None:
+    gpu = TaskNoting("GPU")
+    gpu.streams = [[ReasoningDelta("Hmm."), ReasoningDelta(" Yes."), *ANSWER]]
+    router = TrackedRouter([gpu], settings=RouterSettings(hedging=hedging))
+    turn_task = asyncio.create_task(collect(router))
+    turn, _ = await turn_task
+    assert turn.served_by == "GPU"
+    # Its first token is due by a deadline the turn wakes for: pulled in a
+    # task of its own. After it, without a hedge to wait for, in the turn's.
+    assert gpu.tasks[0] is not turn_task
+    assert (gpu.tasks[1] is turn_task) is not hedging
 
 
 async def test_probe_timeout() -> None:

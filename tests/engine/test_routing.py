@@ -689,6 +689,16 @@ async def test_model_is_loaded_again_before_it_expires() -> None:
         assert fake.is_loaded("llama3.2")
 
 
+async def test_turns_plan_no_new_warm_up_while_one_is_planned_sooner() -> None:
+    async with ollama_pi(keep_alive=600) as (_, pi):
+        router = TrackedRouter([pi])
+        await collect(router)
+        planned = router._warm_timers["Pi"]
+        await collect(router)  # the model now stays a little longer
+        assert router._warm_timers["Pi"] is planned
+        assert not planned.cancelled()
+
+
 async def test_failed_warm_up_is_no_failure() -> None:
     async with ollama_pi(load_seconds=0.01, model="missing") as (fake, pi):
         router = TrackedRouter([pi])

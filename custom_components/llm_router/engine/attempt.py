@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 import math
@@ -128,6 +128,17 @@ class BackendAttempt:
     async def _next(self) -> RouterEvent | None:
         return await anext(self._events, None)
 
+    @property
+    def pulling(self) -> bool:
+        """Whether a pulled event is pending (see pull)."""
+        return self._pull is not None
+
+    async def pull_here(self) -> None:
+        """Take the next event, awaited in the caller's task: nothing to race."""
+        event = await anext(self._events, None)
+        assert event is not None  # a stream ends only after its answer
+        self._held.append(event)
+
     def take(self, pull: asyncio.Task[RouterEvent | None]) -> None:
         """Take a pulled event: held until the answer starts."""
         self._pull = None
@@ -190,7 +201,10 @@ class BackendAttempt:
         state = self.state
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(self._turn_deadline):
+            if state.slots.locked():  # else taken at once: no timer needed
+                async with asyncio.timeout_at(self._turn_deadline):
+                    await state.slots.acquire()
+            else:
                 await state.slots.acquire()
         except TimeoutError:
             raise self._late(self.first_deadline) from None
@@ -201,11 +215,12 @@ class BackendAttempt:
         hold = Hold(taken, state.latency.expected_hold(self.forecast))
         state.holding.append(hold)
         try:
-            try:
-                async with asyncio.timeout_at(self._turn_deadline):
-                    await self._host.model_details(state)
-            except TimeoutError:
-                raise self._late(self.first_deadline) from None
+            if state.details is None:  # else known: no timer needed
+                try:
+                    async with asyncio.timeout_at(self._turn_deadline):
+                        await self._host.model_details(state)
+                except TimeoutError:
+                    raise self._late(self.first_deadline) from None
             while True:
                 sent = self._adapt()
                 try:
@@ -260,13 +275,13 @@ class BackendAttempt:
         return replace(request, think=think)
 
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
-        state = self.state
-        config = state.config
+        config = self.state.config
         loop = asyncio.get_running_loop()
         # A thinking model behind a server that does not split reasoning out
         # may start without <think>: hold its output until </think> shows.
         splitter = ReasoningSplitter(
-            expect_reasoning=bool(request.think) and not state.backend.splits_reasoning
+            expect_reasoning=bool(request.think)
+            and not self.state.backend.splits_reasoning
         )
         clock = StreamClock(started=loop.time())
         server_stats: ServerStats | None = None
@@ -280,26 +295,24 @@ class BackendAttempt:
             if request.think
             else math.inf
         )
-        stream = state.backend.chat(request)
+        stream = self.state.backend.chat(request)
         watchdog = _Watchdog()
         try:
             while True:
-                waiting_first = clock.first_token is None
-                limit = (
-                    self._turn_deadline
-                    if waiting_first
-                    else min(loop.time() + config.stall_timeout, self._turn_deadline)
-                )
-                if not (waiting_first or self.answering):
-                    limit = min(limit, reasoning_until)
+                limit = self._limit(clock, reasoning_until)
+                watchdog.arm(limit)
                 try:
-                    event = await watchdog.wait(anext(stream), limit)
+                    event = await anext(stream)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
+                except asyncio.CancelledError:
+                    if not watchdog.expired():
+                        raise
                     raise self._timed_out(
-                        waiting_first, limit, reasoning_until, clock
+                        clock.first_token is None, limit, reasoning_until, clock
                     ) from None
+                finally:
+                    watchdog.disarm()
                 match event:
                     case ServerStats():
                         server_stats = event
@@ -310,8 +323,7 @@ class BackendAttempt:
                         yield event
                     case TextDelta():
                         self._token(clock, loop.time())
-                        split = splitter.feed(event.text)
-                        for out in self._split_events(split.reasoning, split.answer):
+                        for out in self._text_events(splitter, event):
                             yield out
                     case ToolCallDelta():
                         self._token(clock, loop.time())
@@ -329,6 +341,29 @@ class BackendAttempt:
         for out in self._split_events(split.reasoning, split.answer):
             yield out
         self._finish(server_stats, clock)
+
+    def _limit(self, clock: StreamClock, reasoning_until: float) -> float:
+        """When the next part must have come: the turn's end, a stall's, reasoning's.
+
+        The first token's own deadline is the turn's to watch (see Turn).
+        """
+        if clock.first_token is None:
+            return self._turn_deadline
+        limit = min(
+            asyncio.get_running_loop().time() + self.state.config.stall_timeout,
+            self._turn_deadline,
+        )
+        return limit if self.answering else min(limit, reasoning_until)
+
+    def _text_events(
+        self, splitter: ReasoningSplitter, delta: TextDelta
+    ) -> Sequence[RouterEvent]:
+        """A text delta's events: itself, once the answer passes untouched."""
+        if splitter.passes(delta.text):
+            self._answer_pieces += 1
+            return (delta,)
+        split = splitter.feed(delta.text)
+        return self._split_events(split.reasoning, split.answer)
 
     def _timed_out(
         self,
@@ -392,10 +427,11 @@ class BackendAttempt:
 class _Watchdog:
     """Deadlines for the awaits of one stream, with one timer between them.
 
-    A timeout per chunk costs a timer per chunk; here each await only moves
-    the deadline, and the timer, when it fires early, waits on. The awaiting
-    task may change from one await to the next (a race's task, then the
-    turn's), so it is noted at each.
+    A timeout per chunk costs a timer per chunk, and a wrapper a coroutine:
+    here each await is armed with its limit (which only moves the deadline;
+    the timer, when it fires early, waits on) and disarmed after. The
+    awaiting task may change from one await to the next (a race's task,
+    then the turn's), so it is noted at each.
     """
 
     def __init__(self) -> None:
@@ -405,23 +441,24 @@ class _Watchdog:
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
 
-    async def wait[T](self, awaitable: Awaitable[T], limit: float) -> T:
-        """Await awaitable; TimeoutError when limit (loop time) passes first."""
+    def arm(self, limit: float) -> None:
+        """The await that follows ends by limit (loop time), cancelled."""
         self._limit = limit
         self._task = asyncio.current_task()
         if self._timer is None or self._timer.when() > limit:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(limit, self._fire)
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            if self._expired and self._task is not None and not self._task.uncancel():
-                raise TimeoutError from None
-            raise
-        finally:
-            self._task = None
-            self._expired = False
+
+    def expired(self) -> bool:
+        """Whether the limit cancelled the await (then it is no cancel)."""
+        task = self._task
+        return self._expired and task is not None and not task.uncancel()
+
+    def disarm(self) -> None:
+        """The await is over."""
+        self._task = None
+        self._expired = False
 
     def _fire(self) -> None:
         self._timer = None

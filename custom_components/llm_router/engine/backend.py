@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from .errors import BackendClosed
 from .models import BackendConfig, ChatRequest, ModelDetails, ProbeResult, StreamEvent
@@ -36,6 +36,7 @@ class Backend(ABC):
         self.config = config
         self._closed = False
         self._waits: set[asyncio.Timeout] = set()
+        self._streams: set[_StreamWaits] = set()
 
     @property
     def name(self) -> str:
@@ -79,6 +80,8 @@ class Backend(ABC):
         now = asyncio.get_running_loop().time()
         for wait in self._waits:
             wait.reschedule(now)
+        for stream in self._streams:
+            stream.end()
 
     async def load_model(self) -> None:
         """Load the configured model without generating (loads_models only)."""
@@ -91,6 +94,14 @@ class Backend(ABC):
         end cancels the task that waits, which there is the consumer's.
         """
         return _UntilClosed(self)
+
+    def _stream_waits(self) -> _StreamWaits:
+        """Bound the waits for one stream's parts by the backend's life.
+
+        One guard for the whole stream, entered once (with); close() ends
+        the wait under way, or the next, with BackendClosed.
+        """
+        return _StreamWaits(self)
 
 
 class _UntilClosed:
@@ -125,3 +136,61 @@ class _UntilClosed:
             if self._wait.expired():
                 raise BackendClosed("closed") from None
             raise
+
+
+class _StreamWaits:
+    """Backend._stream_waits' guard.
+
+    No timer and no timeout per part: each wait notes the task that awaits,
+    and close() cancels that task. Between waits (where the stream yields to
+    its consumer) nothing is cancelled: that task is not the stream's to end.
+    """
+
+    __slots__ = ("_backend", "_cancelled", "_ended", "_task")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._task: asyncio.Task[object] | None = None
+        self._ended = False
+        self._cancelled = False
+
+    def __enter__(self) -> Self:
+        if self._backend._closed:
+            raise BackendClosed("closed")
+        self._backend._streams.add(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._backend._streams.discard(self)
+
+    async def next[T](self, parts: AsyncIterator[T]) -> T | None:
+        """The next part, or None at the end."""
+        if self._ended:
+            raise BackendClosed("closed")
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        try:
+            part = await anext(parts, None)
+        except asyncio.CancelledError:
+            if self._cancelled and not task.uncancel():
+                raise BackendClosed("closed") from None
+            raise
+        finally:
+            self._task = None
+        if self._cancelled:
+            # Ended as the part came: the cancel must not reach the consumer.
+            task.uncancel()
+            raise BackendClosed("closed")
+        return part
+
+    def end(self) -> None:
+        """The backend closed: end the wait under way, or the next."""
+        self._ended = True
+        if self._task is not None and not self._cancelled:
+            self._cancelled = True
+            self._task.cancel()

@@ -13,7 +13,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
 )
 from contextlib import aclosing
 from dataclasses import replace
@@ -24,7 +23,7 @@ import os
 import re
 import ssl
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Self, cast
 import uuid
 
 import aiohttp
@@ -120,7 +119,7 @@ class OllamaBackend(Backend):
         _LOGGER.debug("%s: chat request %s", self.name, arguments)
         failures = _Failures(self.config, model_call=True)
         output_chunks = 0
-        with failures:
+        with failures, self._stream_waits() as waits:
             # The client sends the request when the stream is first iterated,
             # so connection errors surface in the loop.
             stream = await self._client.chat(**arguments, stream=True)
@@ -128,12 +127,11 @@ class OllamaBackend(Backend):
             # the request outlives the answer.
             async with aclosing(cast(AsyncGenerator[ollama.ChatResponse], stream)):
                 while True:
-                    async with self._until_closed():
-                        part = await anext(stream, None)
+                    part = await waits.next(stream)
                     if part is None:
                         break
                     failures.answering = True
-                    events = list(_events(part.message))
+                    events = _events(part.message)
                     output_chunks += bool(events)
                     for event in events:
                         yield event
@@ -141,8 +139,7 @@ class OllamaBackend(Backend):
                         yield replace(_stats(part), output_chunks=output_chunks)
                         # Read to the end, so that the connection is kept
                         # for the next request instead of dropped.
-                        async with self._until_closed():
-                            await anext(stream, None)
+                        await waits.next(stream)
                         return
             raise BadResponse("answer ended before its final chunk")
 
@@ -267,10 +264,11 @@ class _BoundedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
         body = cast(httpx.AsyncByteStream, response.stream)
+        bounded: AsyncGenerator[bytes] | _LinesWithin
         if response.status_code >= 400:
             bounded = _cut_after(body, MAX_ERROR_BODY)
         elif request.url.path.endswith("/api/chat"):
-            bounded = _lines_within(body, MAX_LINE)
+            bounded = _LinesWithin(body, MAX_LINE)
         else:
             bounded = _within(body, MAX_METADATA)
         return httpx.Response(
@@ -289,7 +287,7 @@ class _Stream(httpx.AsyncByteStream):
     """A bounded body that closes the server's response when it is closed."""
 
     def __init__(
-        self, chunks: AsyncGenerator[bytes], body: httpx.AsyncByteStream
+        self, chunks: AsyncGenerator[bytes] | _LinesWithin, body: httpx.AsyncByteStream
     ) -> None:
         self._chunks = chunks
         self._body = body
@@ -300,6 +298,35 @@ class _Stream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         await self._chunks.aclose()
         await self._body.aclose()
+
+
+class _LinesWithin:
+    """A chat stream's chunks, whose lines may not exceed limit bytes.
+
+    An iterator, not a generator: each chunk is checked on its way through,
+    without a generator's frame between the body and the client.
+    """
+
+    __slots__ = ("_chunks", "_limit", "_line")
+
+    def __init__(self, body: httpx.AsyncByteStream, limit: int) -> None:
+        self._chunks = aiter(body)
+        self._limit = limit
+        self._line = 0
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self._chunks)
+        end = chunk.rfind(b"\n")
+        self._line = self._line + len(chunk) if end < 0 else len(chunk) - end - 1
+        if self._line > self._limit:
+            raise BadResponse(f"stream line longer than {self._limit // KIB} KiB")
+        return chunk
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the body is closed with the stream."""
 
 
 async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes]:
@@ -317,18 +344,6 @@ async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[byte
         size += len(chunk)
         if size > limit:
             raise BadResponse(f"answer larger than {limit // KIB} KiB")
-        yield chunk
-
-
-async def _lines_within(
-    body: AsyncIterable[bytes], limit: int
-) -> AsyncGenerator[bytes]:
-    line = 0
-    async for chunk in body:
-        end = chunk.rfind(b"\n")
-        line = line + len(chunk) if end < 0 else len(chunk) - end - 1
-        if line > limit:
-            raise BadResponse(f"stream line longer than {limit // KIB} KiB")
         yield chunk
 
 
@@ -457,24 +472,28 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _events(message: ollama.Message) -> Iterator[StreamEvent]:
+def _events(message: ollama.Message) -> list[StreamEvent]:
     """The events in one chunk's message; inline <think> tags stay in the text."""
+    events: list[StreamEvent] = []
     if message.thinking:
-        yield ReasoningDelta(message.thinking)
+        events.append(ReasoningDelta(message.thinking))
     if message.content:
-        yield TextDelta(message.content)
+        events.append(TextDelta(message.content))
     if message.tool_calls:
         # Ollama gives calls no ids; the conversation needs them.
-        yield ToolCallDelta(
-            tuple(
-                ToolCall(
-                    id=f"call_{uuid.uuid4().hex[:12]}",
-                    name=call.function.name,
-                    arguments=dict(call.function.arguments),
+        events.append(
+            ToolCallDelta(
+                tuple(
+                    ToolCall(
+                        id=f"call_{uuid.uuid4().hex[:12]}",
+                        name=call.function.name,
+                        arguments=dict(call.function.arguments),
+                    )
+                    for call in message.tool_calls
                 )
-                for call in message.tool_calls
             )
         )
+    return events
 
 
 def _stats(done: ollama.ChatResponse) -> ServerStats:

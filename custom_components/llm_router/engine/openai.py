@@ -93,9 +93,9 @@ class OpenAIBackend(Backend):
                 response = await self._send_chat(stack, body)
             stream = _Stream(self.config.api_key)
             lines = await stack.enter_async_context(aclosing(_lines(response.content)))
+            waits = stack.enter_context(self._stream_waits())
             while True:
-                async with self._until_closed():
-                    line = await anext(lines, None)
+                line = await waits.next(lines)
                 if line is None:
                     # Some servers close after the finish_reason without [DONE].
                     if not stream.finished:

@@ -17,7 +17,7 @@ Reasoning tokens are no words, and neither is a model load.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 import heapq
 import math
@@ -209,6 +209,21 @@ class LatencyModel:
         else:
             delay = predicted.total * 1.5
         return min(settings.hedge_max, max(settings.hedge_min, delay))
+
+
+class Forecasts(dict[str, Forecast]):
+    """Backends' forecasts by name, each made when first read.
+
+    A policy that orders by priority alone reads none.
+    """
+
+    def __init__(self, make: Callable[[str], Forecast]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, name: str) -> Forecast:
+        made = self[name] = self._make(name)
+        return made
 
 
 def prompt_tokens(request: ChatRequest) -> int:

@@ -55,6 +55,19 @@ class ReasoningSplitter:
         """The server sends reasoning in its own field: content is answer."""
         self._expect_reasoning = False
 
+    def passes(self, text: str) -> bool:
+        """Whether text is answer as it is, with nothing to split or hold.
+
+        So once the answer has begun: no reasoning was expected, or it has
+        ended, and no tag can start in text. Then feed() is not needed.
+        """
+        return (
+            self._state is _State.ANSWER
+            and self._answer_started
+            and not self._buffer
+            and "<" not in text
+        )
+
     def feed(self, text: str) -> Split:
         """Split the next chunk of model output."""
         self._buffer += text

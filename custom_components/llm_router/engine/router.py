@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 import logging
 import math
@@ -19,7 +19,13 @@ from .models import (
     ProbeResult,
 )
 from .policy import OrderedPolicy, Policy
-from .predictor import Forecast, Observation, forecast, keep_alive_seconds
+from .predictor import (
+    Forecast,
+    Forecasts,
+    Observation,
+    forecast,
+    keep_alive_seconds,
+)
 from .servers import Server
 from .settings import RouterSettings
 from .state import BackendState
@@ -62,9 +68,11 @@ class Router:
                 max_parallel=backend.config.max_parallel,
                 failure_threshold=self.settings.failure_threshold,
             )
-            state = self.states[backend.name] = BackendState(backend, server)
+            state = self.states[backend.name] = BackendState(
+                backend=backend, server=server
+            )
             state.power = self._power(state, (power or {}).get(backend.name))
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._probes: dict[str, asyncio.Task[bool]] = {}
         self._cooldowns: dict[str, asyncio.TimerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
@@ -76,7 +84,7 @@ class Router:
     def _power(self, state: BackendState, config: PowerConfig | None) -> Power:
         def report(error: BackendError) -> None:
             state.last_error = error
-            self.notify()
+            self.notify((state.name,))
 
         return Power(
             config or PowerConfig(),
@@ -84,24 +92,34 @@ class Router:
             probe=lambda: self.async_probe(state.name),
             in_flight=lambda: bool(state.holding or state.waiting),
             report=report,
-            changed=self.notify,
+            changed=lambda: self.notify((state.name,)),
             timing=self.settings.wake,
         )
 
-    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call listener after every change of state; returns its remover."""
+    def add_listener(
+        self, listener: Callable[[frozenset[str]], None]
+    ) -> Callable[[], None]:
+        """Call listener with the backends whose state changed; returns its remover."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def notify(self) -> None:
-        """Tell the listeners that something changed.
+    def notify(self, names: Iterable[str]) -> None:
+        """Tell the listeners that these backends' state changed.
 
-        Health may have: the backend to keep warm is chosen again.
+        Health may have: the backend to keep warm is chosen again. Backends
+        on the same server as one of them changed too: they share its slots
+        and breaker.
         """
         for state in self.states.values():
             self._keep_warm(state)
+        servers = {self.states[name].server for name in names}
+        if not servers:
+            return
+        changed = frozenset(
+            name for name, state in self.states.items() if state.server in servers
+        )
         for listener in list(self._listeners):
-            listener()
+            listener(changed)
 
     def route(
         self, request: ChatRequest, *, backend: str | None = None, spoken: bool = True
@@ -144,7 +162,7 @@ class Router:
         if only is not None:
             return [self.states[only]]
         if forecasts is None:
-            forecasts = {name: self.forecast(name) for name in self.states}
+            forecasts = Forecasts(self.forecast)
         return self.policy.order(list(self.states.values()), forecasts)
 
     def earlier_hedge_wants(self, turn: Turn, state: BackendState, now: float) -> bool:
@@ -196,7 +214,7 @@ class Router:
             self._cancel_cooldown(state)
             self._keep_warm(state)
             state.power.note_probe(online=True)
-        self.notify()
+        self.notify((state.name,))
 
     def _expiry(self, state: BackendState, loaded: Sequence[LoadedModel]) -> float:
         """When the server unloads the configured model (loop time)."""
@@ -216,7 +234,7 @@ class Router:
         state.loaded_models = ()
         self._breaker_failure(state, error)
         state.power.note_probe(online=False)
-        self.notify()
+        self.notify((state.name,))
 
     def _breaker_failure(self, state: BackendState, error: BackendError) -> None:
         """Count a failure; while the breaker is open, probe after a cooldown."""
@@ -274,14 +292,18 @@ class Router:
         """
         if self._closed or not self.keeps_warm(state) or state.name in self._warm_ups:
             return
-        if handle := self._warm_timers.pop(state.name, None):
-            handle.cancel()
         loop = asyncio.get_running_loop()
         left = state.loaded_until - loop.time() - self.settings.predictor.warm_margin
+        timer = self._warm_timers.get(state.name)
+        if left > 0 and timer is not None and timer.when() <= loop.time() + left:
+            return  # it fires first and looks again: no new timer every turn
+        if timer is not None:
+            timer.cancel()
+            del self._warm_timers[state.name]
         if left > 0:
             if math.isfinite(left):
                 self._warm_timers[state.name] = loop.call_later(
-                    left, self._keep_warm, state
+                    left, self._warm_timer_fired, state
                 )
             return
         if state.holding or state.waiting or not state.breaker.allows():
@@ -309,10 +331,14 @@ class Router:
                 await self._warm_up(state)
         return True
 
+    def _warm_timer_fired(self, state: BackendState) -> None:
+        del self._warm_timers[state.name]
+        self._keep_warm(state)
+
     async def _warm_up(self, state: BackendState) -> None:
         loop = asyncio.get_running_loop()
         state.loading_since = loop.time()
-        self.notify()
+        self.notify((state.name,))
         try:
             await state.backend.load_model()
         except BackendError as err:
@@ -323,7 +349,7 @@ class Router:
             state.loading_since = None
         _LOGGER.debug("Loaded the model of %s", state.name)
         self.model_used(state)
-        self.notify()
+        self.notify((state.name,))
 
     def model_used(self, state: BackendState) -> None:
         """The server has just used the model: it stays for keep_alive."""
@@ -405,7 +431,7 @@ class Router:
         """
         state.breaker.record_success()
         self._cancel_cooldown(state)
-        self.notify()
+        self.notify((state.name,))
 
     def missed_deadline(self, state: BackendState, error: BackendError) -> None:
         """A first token is overdue: the breaker hears of it at once.
@@ -415,7 +441,7 @@ class Router:
         """
         state.last_error = error
         self._breaker_failure(state, error)
-        self.notify()
+        self.notify((state.name,))
 
     async def model_details(self, state: BackendState) -> ModelDetails:
         """The backend's model details, fetched once."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import replace
 import logging
 import math
@@ -14,7 +14,7 @@ from .attempt import AttemptHost, BackendAttempt
 from .errors import BackendError, ErrorKind, Overtaken
 from .models import ChatRequest
 from .outcomes import AllBackendsFailed, Attempt, Decision, Interrupted, RouterEvent
-from .predictor import Forecast
+from .predictor import Forecast, Forecasts
 from .settings import RouterSettings
 from .state import BackendState
 from .stats import GenerationStats
@@ -63,8 +63,8 @@ class TurnHost(AttemptHost, Protocol):
     def missed_deadline(self, state: BackendState, error: BackendError) -> None:
         """Tell the backend's breaker of a missed deadline."""
 
-    def notify(self) -> None:
-        """Tell the listeners that something changed."""
+    def notify(self, names: Iterable[str]) -> None:
+        """Tell the listeners that these backends' state changed."""
 
 
 class Turn:
@@ -125,9 +125,10 @@ class Turn:
         router = self.host
         now = self.started = asyncio.get_running_loop().time()
         self.deadline = now + router.settings.turn_timeout
-        names = [self._only] if self._only is not None else list(router.states)
-        forecasts = {name: router.forecast(name, self.request, now) for name in names}
-        candidates = router.candidates(self._only, forecasts)
+        candidates = router.candidates(
+            self._only,
+            Forecasts(lambda name: router.forecast(name, self.request, now)),
+        )
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
         racing: list[BackendAttempt] = []
@@ -149,7 +150,7 @@ class Turn:
         finally:
             for attempt in racing:
                 await attempt.close()
-            router.notify()
+            router.notify(attempt.backend for attempt in self.attempts)
 
     def _start_next(self, *, beat: float | None = None) -> BackendAttempt | None:
         """Start the next backend to try, noting those passed over.
@@ -267,6 +268,10 @@ class Turn:
                 wake = min(
                     [*due, hedge_at] if hedge_at is not None else due, default=None
                 )
+                if wake is None and len(racing) == 1 and not racing[0].pulling:
+                    if await self._pull_alone(racing):
+                        return racing[0]
+                    continue
                 pulls = {attempt.pull(): attempt for attempt in racing}
                 done, _ = await asyncio.wait(
                     pulls,
@@ -318,6 +323,21 @@ class Turn:
             return None
         finally:
             self._leave_hedge_line()
+
+    async def _pull_alone(self, racing: list[BackendAttempt]) -> bool:
+        """Take the one attempt's next event: nothing to race or wake for.
+
+        No task of its own, then: this one awaits it. Returns whether the
+        answer started; an attempt that failed leaves racing.
+        """
+        alone = racing[0]
+        try:
+            await alone.pull_here()
+        except BackendError as err:
+            racing.remove(alone)
+            self._failed(alone, err)
+            return False
+        return alone.answering
 
     def _overdue(self, racing: list[BackendAttempt]) -> bool:
         """Count the attempts whose first token is overdue; start the next beside.

@@ -1,0 +1,49 @@
+"""What a conversation turn costs through LLM Router and through core's ollama.
+
+One Home Assistant (pytest-homeassistant-custom-component's) holds both
+integrations, pointed at the same loopback Ollama fake that answers 20
+words at once. Each round sends one turn each way, in a rotating order, so
+that drift hits all alike:
+
+  bare     ollama.AsyncClient.chat(stream=True), iterated: the floor
+  core     conversation.async_converse to core's ollama agent
+  router   conversation.async_converse to LLM Router's agent (one backend)
+
+once without an LLM API and once with the Assist API. Reported: the median
+time of each, the median of the per-round differences (router - core and
+each - bare) and the ratio router / core, and the entity state writes
+each agent makes per turn.
+
+    .venv/bin/python -m bench.turn_cost [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+import sys
+
+import pytest
+
+ROUNDS_VARIABLE = "TURN_COST_ROUNDS"
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    os.environ[ROUNDS_VARIABLE] = str(parser.parse_args().rounds)
+    # Home Assistant's test plugin must load before Home Assistant does.
+    here = Path(__file__).parent
+    sys.exit(
+        pytest.main(
+            [
+                str(here / "turn_cost_hass.py"),
+                "-q",
+                "-s",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                str(here.parent),
+            ]
+        )
+    )
