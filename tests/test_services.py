@@ -71,7 +71,8 @@ async def test_ask_says_when_reasoning_was_stopped_and_asked_again(
     hass: HomeAssistant, ollama: FakeOllama
 ) -> None:
     await setup_router(
-        hass, router_entry(backend("Pi", "ollama", ollama.url, "qwen3", 1, think=True))
+        hass,
+        router_entry(backend("Pi", "ollama", ollama.url, "qwen3", 1, thinking="on")),
     )
     thinking = " ".join(["step"] * 50)
     ollama.script(
