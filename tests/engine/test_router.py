@@ -529,10 +529,33 @@ async def test_a_lone_attempt_streams_in_the_turns_task(hedging: bool) -> None:
     turn_task = asyncio.create_task(collect(router))
     turn, _ = await turn_task
     assert turn.served_by == "GPU"
-    # Its first token is due by a deadline the turn wakes for: pulled in a
-    # task of its own. After it, without a hedge to wait for, in the turn's.
-    assert gpu.tasks[0] is not turn_task
-    assert (gpu.tasks[1] is turn_task) is not hedging
+    # With nothing to start beside it, its first token's deadline is a
+    # timer: pulled in the turn's task. A hedge is waited for in a race.
+    assert [task is turn_task for task in gpu.tasks[:2]] == [not hedging] * 2
+
+
+class LateNoting(TaskNoting):
+    """Says its first word after its first-token deadline."""
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        await asyncio.sleep(0.2)
+        async for event in super().chat(request):
+            yield event
+
+
+async def test_a_lone_attempts_overdue_first_token_is_counted_by_a_timer() -> None:
+    pi = LateNoting("Pi", first_token_timeout=0.05)
+    router = TrackedRouter([pi], settings=RouterSettings(failure_threshold=1))
+    turn_task = asyncio.create_task(collect(router))
+    await asyncio.sleep(0.1)
+    # Overdue, not cut: the breaker has heard of the miss while it waits.
+    state = router.states["Pi"]
+    assert state.last_error is not None
+    assert state.last_error.kind is ErrorKind.TIMED_OUT
+    assert not state.breaker.allows()
+    turn, _ = await turn_task
+    assert turn.served_by == "Pi"
+    assert pi.tasks[0] is turn_task
 
 
 async def test_probe_timeout() -> None:

@@ -265,13 +265,18 @@ class Turn:
                         now, primary.started + delay, primary.hedge_not_before
                     )
                 due = [a.first_deadline for a in racing if a.awaits_first_token()]
-                wake = min(
-                    [*due, hedge_at] if hedge_at is not None else due, default=None
-                )
-                if wake is None and len(racing) == 1 and not racing[0].pulling:
+                if (
+                    hedge_at is None
+                    and len(racing) == 1
+                    and not racing[0].pulling
+                    and (not due or self._nothing_beside())
+                ):
                     if await self._pull_alone(racing):
                         return racing[0]
                     continue
+                wake = min(
+                    [*due, hedge_at] if hedge_at is not None else due, default=None
+                )
                 pulls = {attempt.pull(): attempt for attempt in racing}
                 done, _ = await asyncio.wait(
                     pulls,
@@ -324,19 +329,35 @@ class Turn:
         finally:
             self._leave_hedge_line()
 
-    async def _pull_alone(self, racing: list[BackendAttempt]) -> bool:
-        """Take the one attempt's next event: nothing to race or wake for.
+    def _nothing_beside(self) -> bool:
+        """Whether no backend is left to start beside an overdue attempt."""
+        return not (self._pending or self._deferred or self._open)
 
-        No task of its own, then: this one awaits it. Returns whether the
-        answer started; an attempt that failed leaves racing.
+    async def _pull_alone(self, racing: list[BackendAttempt]) -> bool:
+        """Take the one attempt's next event: nothing to race it against.
+
+        No task of its own, then: this one awaits it. A first token still
+        due has a loop timer that counts the miss (nothing is started
+        beside). Returns whether the answer started; an attempt that failed
+        leaves racing.
         """
         alone = racing[0]
+        timer = (
+            asyncio.get_running_loop().call_at(
+                alone.first_deadline, self._count_miss, alone
+            )
+            if alone.awaits_first_token()
+            else None
+        )
         try:
             await alone.pull_here()
         except BackendError as err:
             racing.remove(alone)
             self._failed(alone, err)
             return False
+        finally:
+            if timer is not None:
+                timer.cancel()
         return alone.answering
 
     def _overdue(self, racing: list[BackendAttempt]) -> bool:
@@ -348,12 +369,17 @@ class Turn:
         now = asyncio.get_running_loop().time()
         late = [a for a in racing if a.awaits_first_token() and a.first_deadline <= now]
         for attempt in late:
-            attempt.overdue = True
-            if (error := attempt.missed()).kind not in NOT_FAILURES:
-                self.host.missed_deadline(attempt.state, error)
+            self._count_miss(attempt)
         if late and (beside := self._start_next()):
             racing.append(beside)
         return bool(late)
+
+    def _count_miss(self, attempt: BackendAttempt) -> None:
+        """Its first token is overdue: the breaker hears of it at once."""
+        if attempt.awaits_first_token():
+            attempt.overdue = True
+            if (error := attempt.missed()).kind not in NOT_FAILURES:
+                self.host.missed_deadline(attempt.state, error)
 
     def _leave_hedge_line(self) -> None:
         if self._hedge_beat is not None:
