@@ -91,7 +91,7 @@ async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
     gpu, pi = response["attempts"]
     assert gpu["backend"] == "GPU server"
     assert gpu["waking"] is True
-    assert gpu["error"] == "waking up, asking the next backend"
+    assert gpu["error"] == "waking, asked Pi"
     assert pi["waking"] is False
     assert value(hass, "sensor.gpu_server_power") == PowerState.WAKING
     # The action ran once, as the router: with a context of its own.
