@@ -244,25 +244,27 @@ async def test_the_sleep_action_never_runs_while_a_request_is_in_flight(
     # The next answer stops after its first word and holds the stream open.
     machine.server.script(Reply(text="one two three", stall_after_chunks=1))
     asking = asyncio.create_task(ask(hass, text="Still there?"))
-    for _ in range(1000):
-        if gpu.holding:
-            break
-        await asyncio.sleep(0)
-    assert gpu.holding
+    try:
+        for _ in range(1000):
+            if gpu.holding:
+                break
+            await asyncio.sleep(0)
+        assert gpu.holding
 
-    # The idle time runs out while the GPU is streaming: no sleep.
-    freezer.tick(timedelta(seconds=61))
-    async_fire_time_changed(hass, dt_util.utcnow())
-    for _ in range(100):
-        await asyncio.sleep(0)
-    assert home.calls == []
-    assert machine.awake
-    assert gpu.holding
+        # The idle time runs out while the GPU is streaming: no sleep.
+        freezer.tick(timedelta(seconds=61))
+        async_fire_time_changed(hass, dt_util.utcnow())
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert home.calls == []
+        assert machine.awake
+        assert gpu.holding
+    finally:  # a failed assertion does not leave the stream open
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
 
-    # The request ends; idle time counts again from there, then the machine sleeps.
-    asking.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asking
+    # The request ended; idle time counts again from there, then the machine sleeps.
     freezer.tick(timedelta(seconds=61))
     async_fire_time_changed(hass, dt_util.utcnow())
     await hass.async_block_till_done()
