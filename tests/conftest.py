@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 import logging
 from typing import Any
 
 from homeassistant.config_entries import ConfigSubentryData
-from homeassistant.const import CONF_LLM_HASS_API
+from homeassistant.const import CONF_API_KEY, CONF_LLM_HASS_API, CONF_NAME, CONF_URL
 from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import section
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -18,11 +26,13 @@ from syrupy.assertion import SnapshotAssertion
 
 from custom_components.llm_router.config_flow import DEFAULT_OPTIONS
 from custom_components.llm_router.const import (
+    CONF_KIND,
     CONFIG_ENTRY_VERSION,
     DOMAIN,
     SUBENTRY_BACKEND,
 )
-from custom_components.llm_router.forms import nest
+from custom_components.llm_router.engine.models import BackendKind
+from custom_components.llm_router.forms import model_form, nest
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -75,10 +85,36 @@ async def openai() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
+def _field_names(schema: Any) -> set[str]:
+    """The names of a form's fields, those in its sections included."""
+    names: set[str] = set()
+    for marker, value in schema.schema.items():
+        if isinstance(value, section):
+            names |= _field_names(value.schema)
+        else:
+            names.add(str(marker))
+    return names
+
+
+# What a backend subentry stores: the first step's fields and the model step's.
+BACKEND_SETTINGS = frozenset(
+    {CONF_NAME, CONF_KIND, CONF_URL, CONF_API_KEY}.union(
+        *(_field_names(model_form(kind, [], {})[0]) for kind in BackendKind)
+    )
+)
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """A misspelt or renamed key fails the test instead of testing nothing."""
+    if unknown := sorted(set(given) - set(known)):
+        raise TypeError(f"not {what}: {', '.join(unknown)}")
+
+
 def backend(
     name: str, kind: str, url: str, model: str, priority: int, **extra: Any
 ) -> dict[str, Any]:
     """Data of a backend subentry."""
+    refuse_unknown(extra, BACKEND_SETTINGS, "a backend setting")
     return {
         "name": name,
         "kind": kind,
@@ -101,6 +137,7 @@ def form_input(form: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
 
     Fields not given keep their defaults, as in the browser.
     """
+    refuse_unknown(fields, _field_names(form["data_schema"]), "a field of this form")
     return nest(form["data_schema"], fields)
 
 

@@ -38,6 +38,11 @@ MODEL_STEP = {
     "num_ctx": 4096,
 }
 """Model step fields, flat; form_input nests them in the form's sections."""
+OPENAI_MODEL_STEP = {
+    key: value
+    for key, value in MODEL_STEP.items()
+    if key not in {"keep_alive", "num_ctx"}  # Ollama's own
+}
 
 
 @pytest.fixture(autouse=True)
@@ -146,11 +151,12 @@ async def test_openai_backend_custom_model_checked_against_list(
         hass, {"name": "GPU", "kind": "openai", "url": openai.url}
     )
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], form_input(result, **{**MODEL_STEP, "model": "other"})
+        result["flow_id"], form_input(result, **{**OPENAI_MODEL_STEP, "model": "other"})
     )
     assert result["errors"] == {"model": "model_not_found"}
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], form_input(result, **{**MODEL_STEP, "model": "fake-model"})
+        result["flow_id"],
+        form_input(result, **{**OPENAI_MODEL_STEP, "model": "fake-model"}),
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     (subentry,) = result["result"].subentries.values()
@@ -176,7 +182,7 @@ async def test_model_step_invalid_auth(hass: HomeAssistant) -> None:
         )
         server.api_key = "rotated"
         result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], form_input(result, **MODEL_STEP)
+            result["flow_id"], form_input(result, **OPENAI_MODEL_STEP)
         )
     assert result["errors"] == {"base": "invalid_auth"}
 
@@ -540,7 +546,7 @@ async def test_connection_tests_end_however_slowly_a_server_answers(
         openai.endless["/v1/models"] = dribbling
         result = await hass.config_entries.flow.async_configure(
             result["flow_id"],
-            form_input(result, **{**MODEL_STEP, "model": "fake-model"}),
+            form_input(result, **{**OPENAI_MODEL_STEP, "model": "fake-model"}),
         )
         assert result["errors"] == {"base": "cannot_connect"}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +32,7 @@ from tests.conftest import (
     setup_router,
     until,
 )
+from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.power import SleepingMachine
@@ -88,7 +91,7 @@ async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
     gpu, pi = response["attempts"]
     assert gpu["backend"] == "GPU server"
     assert gpu["waking"] is True
-    assert gpu["error"] == "waking up, asking the next backend"
+    assert gpu["error"] == "waking, asked Pi"
     assert pi["waking"] is False
     assert value(hass, "sensor.gpu_server_power") == PowerState.WAKING
     # The action ran once, as the router: with a context of its own.
@@ -216,6 +219,56 @@ async def test_an_idle_gpu_is_put_to_sleep_without_an_unreachable_repair(
         issue_registry.async_get_issue("llm_router", "unreachable_gpu_server") is None
     )
     assert value(hass, "sensor.gpu_server_power") == PowerState.ASLEEP
+
+
+async def test_the_sleep_action_never_runs_while_a_request_is_in_flight(
+    hass: HomeAssistant,
+    freezer: FrozenDateTimeFactory,
+    machine: SleepingMachine,
+    ollama: FakeOllama,
+) -> None:
+    home = Home(hass, machine)
+    await machine.start()
+    entry = await setup_router(
+        hass,
+        gpu_that_sleeps(
+            machine,
+            ollama,
+            sleep_action=SUSPEND_GPU,
+            idle_time=1,
+            options={"probe_interval": 24 * 3600},
+        ),
+    )
+    gpu = entry.runtime_data.router.states["GPU server"]
+    assert (await ask(hass, text="Hello?"))["backend"] == "GPU server"
+    # The next answer stops after its first word and holds the stream open.
+    machine.server.script(Reply(text="one two three", stall_after_chunks=1))
+    asking = asyncio.create_task(ask(hass, text="Still there?"))
+    try:
+        for _ in range(1000):
+            if gpu.holding:
+                break
+            await asyncio.sleep(0)
+        assert gpu.holding
+
+        # The idle time runs out while the GPU is streaming: no sleep.
+        freezer.tick(timedelta(seconds=61))
+        async_fire_time_changed(hass, dt_util.utcnow())
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert home.calls == []
+        assert machine.awake
+        assert gpu.holding
+    finally:  # a failed assertion does not leave the stream open
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+
+    # The request ended; idle time counts again from there, then the machine sleeps.
+    freezer.tick(timedelta(seconds=61))
+    async_fire_time_changed(hass, dt_util.utcnow())
+    await hass.async_block_till_done()
+    assert [call.service for call in home.calls] == ["suspend_gpu"]
 
 
 async def test_the_backend_form_sets_and_clears_the_power_actions(

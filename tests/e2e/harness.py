@@ -637,12 +637,30 @@ def in_sections(
     """Flat fields nested in the form's sections, as a browser sends them.
 
     A section given as a whole (a mapping under its name) is sent as it is.
+    A field the form does not have is refused: it would test nothing.
     """
+    if unknown := sorted(set(data) - _field_names(schema)):
+        raise HarnessError(f"not a field of this form: {', '.join(unknown)}")
+    return _nested(schema, data)
+
+
+def _field_names(schema: Sequence[Mapping[str, Any]]) -> set[str]:
+    """A serialized form's field and section names, those in sections too."""
+    names = {field_["name"] for field_ in schema}
+    for field_ in schema:
+        if field_.get("type") == "expandable":
+            names |= _field_names(field_["schema"])
+    return names
+
+
+def _nested(
+    schema: Sequence[Mapping[str, Any]], data: Mapping[str, Any]
+) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for field_ in schema:
         name = field_["name"]
         if field_.get("type") == "expandable" and name not in data:
-            nested[name] = in_sections(field_["schema"], data)
+            nested[name] = _nested(field_["schema"], data)
         elif name in data:
             nested[name] = data[name]
     return nested
