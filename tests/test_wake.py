@@ -92,6 +92,10 @@ async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
     assert gpu["backend"] == "GPU server"
     assert gpu["waking"] is True
     assert gpu["error"] == "waking, asked Pi"
+    # Diagnostics show the GPU's recent attempts: the same words.
+    assert power is not None
+    (noted,) = entry.runtime_data.router.states["GPU server"].recent_attempts
+    assert noted.error == "waking, asked Pi"
     assert pi["waking"] is False
     assert value(hass, "sensor.gpu_server_power") == PowerState.WAKING
     # The action ran once, as the router: with a context of its own.

@@ -201,22 +201,19 @@ def _milliseconds(seconds: float | None) -> int | None:
     return round(seconds * 1000)
 
 
-def attempt_data(attempt: Attempt, served_by: str | None = None) -> dict[str, Any]:
+def attempt_data(attempt: Attempt) -> dict[str, Any]:
     """One attempt and why it was made: for responses and diagnostics.
 
     Times in whole ms (the keys say so): predicted is the forecast when it
     was tried (None: no time can be told, such as a wait behind requests of
     unknown length), actual is when its first answer word came; both from
-    the attempt's start. A waking attempt names served_by, the backend that
-    answered in its stead: the turn knew it only after the attempt.
+    the attempt's start.
     """
     forecast = attempt.forecast
     return {
         "backend": attempt.backend,
         "outcome": attempt.error_kind or "ok",
-        "error": f"waking, asked {served_by}"
-        if attempt.waking and served_by is not None
-        else attempt.error,
+        "error": attempt.error,
         "decision": attempt.decision,
         "note": attempt.note,
         "predicted_first_word_ms": _milliseconds(forecast.total) if forecast else None,
@@ -307,7 +304,7 @@ async def _async_ask(call: ServiceCall) -> ServiceResponse:
         "backend": served_by,
         "model": router.states[served_by].config.model if served_by else None,
         "fell_back": report.fell_back,
-        "attempts": [attempt_data(attempt, served_by) for attempt in report.attempts],
+        "attempts": [attempt_data(attempt) for attempt in report.attempts],
         **_stats_data(report.turns[-1].stats if report.turns else None),
         "time_to_first_word_ms": _milliseconds(served.first_word - served.queued)
         if served is not None and served.first_word is not None

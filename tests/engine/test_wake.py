@@ -376,7 +376,7 @@ async def test_the_waking_turn_is_answered_by_the_next_backend_at_once(
     assert turn.served_by == "pi"
     gpu_attempt, pi_attempt = turn.attempts
     assert gpu_attempt.waking
-    assert gpu_attempt.error == "waking up, asking the next backend"
+    assert gpu_attempt.error == "waking, asked pi"
     assert not pi_attempt.waking
     # The Pi answered while the GPU still boots: the turn did not wait.
     assert home.gpu.power.waking

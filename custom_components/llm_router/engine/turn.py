@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import replace
 import logging
 import math
@@ -84,6 +85,8 @@ class Turn:
         self._pending: deque[BackendState] = deque()
         self._deferred: list[BackendState] = []
         self._open: list[BackendState] = []
+        self._woken: list[tuple[BackendState, Attempt]] = []
+        """Backends this turn found down and woke, with their attempts."""
         """Skipped for an open breaker: tried last, if worth a try."""
         self.started = 0.0
         """When the turn began (loop time)."""
@@ -116,10 +119,25 @@ class Turn:
     def _skip(
         self, state: BackendState, kind: ErrorKind, why: str, *, waking: bool = False
     ) -> None:
-        self._note(
-            state,
-            Attempt(state.name, kind, why, decision=Decision.SKIPPED, waking=waking),
+        attempt = Attempt(
+            state.name, kind, why, decision=Decision.SKIPPED, waking=waking
         )
+        self._note(state, attempt)
+        if waking:
+            self._woken.append((state, attempt))
+
+    def _name_the_stand_in(self) -> None:
+        """Waking attempts name the backend that answered in their stead.
+
+        Which one does is known only once the turn is served, after the
+        waking attempt was noted.
+        """
+        for state, waking in self._woken:
+            named = replace(waking, error=f"waking, asked {self.served_by}")
+            self.attempts[self.attempts.index(waking)] = named
+            with suppress(ValueError):  # already pushed out of the last ten
+                recent = state.recent_attempts
+                recent[recent.index(waking)] = named
 
     async def _run(self) -> AsyncIterator[RouterEvent]:
         router = self.host
@@ -146,6 +164,7 @@ class Turn:
                     yield event
                 racing.clear()
                 if self.served_by is not None:
+                    self._name_the_stand_in()
                     return
         finally:
             for attempt in racing:
