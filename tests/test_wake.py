@@ -77,6 +77,25 @@ def gpu_that_sleeps(
     return gpu_and_pi(pi.url, machine.url, **{"wake_action": WAKE_GPU, **gpu})
 
 
+async def setup_sleepy_gpu(
+    hass: HomeAssistant, machine: SleepingMachine, pi: FakeOllama, idle_minutes: int
+) -> MockConfigEntry:
+    """The router with the GPU awake, put to sleep after idle_minutes."""
+    await machine.start()
+    return await setup_router(
+        hass,
+        gpu_that_sleeps(
+            machine,
+            pi,
+            sleep_action=SUSPEND_GPU,
+            idle_time=idle_minutes,
+            # Health checks only when the test runs them: not while it stops
+            # the fake.
+            options={"probe_interval": 24 * 3600},
+        ),
+    )
+
+
 async def test_a_turn_wakes_the_gpu_and_the_next_turn_uses_it(
     hass: HomeAssistant, machine: SleepingMachine, ollama: FakeOllama
 ) -> None:
@@ -188,19 +207,7 @@ async def test_an_idle_gpu_is_put_to_sleep_without_an_unreachable_repair(
     ollama: FakeOllama,
 ) -> None:
     home = Home(hass, machine)
-    await machine.start()
-    entry = await setup_router(
-        hass,
-        gpu_that_sleeps(
-            machine,
-            ollama,
-            sleep_action=SUSPEND_GPU,
-            idle_time=10,
-            # Health checks only when the test runs them: not while it stops
-            # the fake.
-            options={"probe_interval": 24 * 3600},
-        ),
-    )
+    entry = await setup_sleepy_gpu(hass, machine, ollama, idle_minutes=10)
     assert (await ask(hass, text="Hello?"))["backend"] == "GPU server"
 
     freezer.tick(timedelta(minutes=9))
@@ -232,17 +239,7 @@ async def test_the_sleep_action_never_runs_while_a_request_is_in_flight(
     ollama: FakeOllama,
 ) -> None:
     home = Home(hass, machine)
-    await machine.start()
-    entry = await setup_router(
-        hass,
-        gpu_that_sleeps(
-            machine,
-            ollama,
-            sleep_action=SUSPEND_GPU,
-            idle_time=1,
-            options={"probe_interval": 24 * 3600},
-        ),
-    )
+    entry = await setup_sleepy_gpu(hass, machine, ollama, idle_minutes=1)
     gpu = entry.runtime_data.router.states["GPU server"]
     assert (await ask(hass, text="Hello?"))["backend"] == "GPU server"
     # The next answer stops after its first word and holds the stream open.
