@@ -11,6 +11,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from datetime import timedelta
 import logging
 from typing import Any
 
@@ -19,8 +20,12 @@ from homeassistant.const import CONF_API_KEY, CONF_LLM_HASS_API, CONF_NAME, CONF
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import section
 from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_fire_time_changed,
+)
 from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
 from syrupy.assertion import SnapshotAssertion
 
@@ -33,6 +38,7 @@ from custom_components.llm_router.const import (
 )
 from custom_components.llm_router.engine.models import BackendKind
 from custom_components.llm_router.forms import model_form, nest
+from custom_components.llm_router.updates import UPDATE_INTERVAL
 from tests.fakes.base import closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
@@ -204,6 +210,12 @@ async def setup_router(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfi
     # a fake while one still talks to it would race it.
     await hass.async_block_till_done(wait_background_tasks=True)
     return entry
+
+
+async def entities_updated(hass: HomeAssistant) -> None:
+    """Let the backends' rate-limited entity updates that are due run now."""
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=UPDATE_INTERVAL))
+    await hass.async_block_till_done()
 
 
 async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:

@@ -8,7 +8,7 @@ from pytest_homeassistant_custom_component.common import (
     mock_restore_cache_with_extra_data,
 )
 
-from tests.conftest import backend, router_entry, setup_router
+from tests.conftest import backend, entities_updated, router_entry, setup_router
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 
@@ -39,6 +39,7 @@ async def test_measurements_survive_an_option_change(
     await conversation.async_converse(
         hass, "Hello", None, Context(), agent_id="conversation.llm_router"
     )
+    await entities_updated(hass)
     measured = states(hass)
     assert measured["sensor.pi_generation_speed"] == "20.0"
     assert measured["sensor.llm_router_last_backend"] == "Pi"
@@ -85,4 +86,5 @@ async def test_measurements_survive_a_restart(
     await conversation.async_converse(
         hass, "Hello", None, Context(), agent_id="conversation.llm_router"
     )
+    await entities_updated(hass)
     assert hass.states.get("sensor.pi_generation_speed").state == "10.0"

@@ -17,6 +17,7 @@ from syrupy.assertion import SnapshotAssertion
 
 from tests.conftest import (
     backend,
+    entities_updated,
     gpu_and_pi,
     probe_backends,
     router_entry,
@@ -110,6 +111,7 @@ async def test_values_after_a_fallback_turn(
         )
     )
     await ask(hass, "Is the hall light on?")
+    await entities_updated(hass)
     eval_rate = 93 / 10.7
     generation = float(value(hass, "sensor.pi_generation_speed"))
     assert generation == pytest.approx(eval_rate, rel=0.01)
@@ -119,10 +121,7 @@ async def test_values_after_a_fallback_turn(
     assert float(value(hass, "sensor.pi_time_to_first_token")) > 0
     assert float(value(hass, "sensor.pi_time_to_first_answer_word")) > 0
     assert float(value(hass, "sensor.pi_response_time")) > 0
-    # Learnt from the answer: 412 prompt tokens at 515 tok/s for a short request;
-    # predicted anew at most once a second.
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
-    await hass.async_block_till_done()
+    # Learnt from the answer: 412 prompt tokens at 515 tok/s for a short request.
     predicted = hass.states.get("sensor.pi_predicted_time_to_first_answer_word")
     assert predicted is not None
     assert float(predicted.state) > 0
@@ -204,6 +203,7 @@ async def test_counters_survive_restart(
     # The probe finds the GPU server down, so the turn skips it.
     await probe_backends(hass, entry)
     await ask(hass, "Hello")
+    await entities_updated(hass)
     assert value(hass, "sensor.pi_requests_sent") == "42"
     assert value(hass, "sensor.pi_failed_requests") == "2"
     assert value(hass, "sensor.gpu_server_skipped_requests") == "6"
@@ -248,6 +248,7 @@ async def test_prompt_speed_unavailable_without_prompt_tokens(
         )
         assert value(hass, "sensor.gpu_server_prompt_speed") == "unknown"
         await ask(hass, "Hello")
+        await entities_updated(hass)
     assert value(hass, "sensor.gpu_server_prompt_speed") == "unavailable"
     assert float(value(hass, "sensor.gpu_server_generation_speed")) > 0
 
@@ -262,8 +263,10 @@ async def test_prompt_speed_kept_through_answers_from_the_prompt_cache(
         )
         server.script(Reply(prompt_seconds=0.5), Reply(prompt_seconds=0.04))
         await ask(hass, "Hello")
+        await entities_updated(hass)
         measured = value(hass, "sensor.pi_prompt_speed")
         await ask(hass, "Hello")
+        await entities_updated(hass)
         [first, second] = [r["body"] for r in server.requests if "messages" in str(r)]
 
     assert first["messages"] == second["messages"]  # so all but one word cached

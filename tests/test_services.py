@@ -11,7 +11,13 @@ from homeassistant.setup import async_setup_component
 import pytest
 
 from custom_components.llm_router.const import DOMAIN
-from tests.conftest import backend, gpu_and_pi, router_entry, setup_router
+from tests.conftest import (
+    backend,
+    entities_updated,
+    gpu_and_pi,
+    router_entry,
+    setup_router,
+)
 from tests.fakes.base import Reply, closed_port_url
 from tests.fakes.ollama_server import FakeOllama
 
@@ -269,6 +275,7 @@ async def test_benchmark_all_backends(hass: HomeAssistant, ollama: FakeOllama) -
     response = await hass.services.async_call(
         "llm_router", "benchmark", {}, blocking=True, return_response=True
     )
+    await entities_updated(hass)
     assert response is not None
     results = response["backends"]
     assert results["GPU server"]["ok"] is False
@@ -318,6 +325,7 @@ async def test_benchmark_without_response_updates_sensors(
     await hass.services.async_call(
         "llm_router", "benchmark", {"backend": "Pi"}, blocking=True
     )
+    await entities_updated(hass)
     assert float(hass.states.get("sensor.pi_generation_speed").state) == pytest.approx(
         7.0
     )

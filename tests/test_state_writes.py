@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 from homeassistant.components import conversation
 from homeassistant.const import EVENT_STATE_CHANGED, EVENT_STATE_REPORTED
 from homeassistant.core import Context, Event, HomeAssistant, callback
-from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
 from custom_components.llm_router.engine.errors import BackendUnreachable
-from tests.conftest import backend, probe_backends, router_entry, setup_router
+from custom_components.llm_router.updates import UPDATE_INTERVAL
+from tests.conftest import (
+    backend,
+    entities_updated,
+    probe_backends,
+    router_entry,
+    setup_router,
+)
+from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -70,9 +76,10 @@ async def test_a_turn_writes_only_what_it_changed_once(
 ) -> None:
     await two_backends(hass, openai.url, ollama.url)
     await ask(hass)
+    await entities_updated(hass)
     with state_writes(hass) as (changed, unchanged):
         await ask(hass)
-        await hass.async_block_till_done()
+        await entities_updated(hass)
     # The GPU server answered: its measurements and request count are new.
     assert changed["sensor.gpu_server_requests_sent"] == 1
     assert changed["sensor.gpu_server_response_time"] == 1
@@ -90,27 +97,52 @@ async def test_a_turn_writes_only_what_it_changed_once(
     assert "sensor.llm_router_fallbacks" not in changed
 
 
-async def test_a_burst_of_turns_predicts_once(
+async def test_a_turn_after_a_quiet_second_shows_at_once(
+    hass: HomeAssistant, openai: FakeOpenAI, ollama: FakeOllama
+) -> None:
+    await two_backends(hass, openai.url, ollama.url)
+    await entities_updated(hass)
+    await asyncio.sleep(UPDATE_INTERVAL)  # at least a quiet second, on any machine
+    await ask(hass)
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.gpu_server_requests_sent").state == "1"
+
+
+async def test_a_burst_of_turns_writes_each_sensor_once_more_at_most(
     hass: HomeAssistant, openai: FakeOpenAI, ollama: FakeOllama
 ) -> None:
     await two_backends(hass, openai.url, ollama.url)
     entry = hass.config_entries.async_entries("llm_router")[0]
     router = entry.runtime_data.router
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
-    await hass.async_block_till_done()
     with state_writes(hass) as (changed, unchanged):
-        for _ in range(3):
+        for _ in range(5):
             await ask(hass)
         await hass.async_block_till_done()
-        assert changed[PREDICTION] + unchanged[PREDICTION] <= 1
-        # The last turn's lesson shows within a second.
-        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
-        await hass.async_block_till_done()
+        # Within the second after the probes' update: nothing shown yet ...
+        assert not unchanged
+        assert "sensor.gpu_server_requests_sent" not in changed
+        # ... then the last turn's figures, once.
+        await entities_updated(hass)
+    assert changed["sensor.gpu_server_requests_sent"] == 1
+    assert changed[PREDICTION] == 1
+    assert hass.states.get("sensor.gpu_server_requests_sent").state == "5"
     state = hass.states.get(PREDICTION)
     assert state is not None
     forecast = router.forecast("GPU server")
     assert float(state.state) == round(forecast.total * 1000, 1)
     assert state.attributes["prompt"] == round(forecast.prompt, 3)
+
+
+async def test_a_failure_in_a_burst_shows_at_once(
+    hass: HomeAssistant, openai: FakeOpenAI, ollama: FakeOllama
+) -> None:
+    await two_backends(hass, openai.url, ollama.url)
+    await ask(hass)  # just updated: the next answer waits for the second's end
+    openai.script(Reply(status=500, error="overloaded"))
+    await ask(hass)  # the GPU server fails, the Pi answers
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.gpu_server_failed_requests").state == "1"
+    assert hass.states.get("sensor.gpu_server_last_error").state != "none"
 
 
 async def test_a_prediction_shows_a_backend_going_down_at_once(

@@ -41,6 +41,11 @@ class ShowsChanges(Entity):
         value = self.native_value if isinstance(self, SensorEntity) else self.state
         return (self.available, value, self.extra_state_attributes)
 
+    async def async_added_to_hass(self) -> None:
+        """What the platform writes when it adds the entity is shown already."""
+        await super().async_added_to_hass()
+        self._shown = self._showing()
+
     @callback
     def async_write_if_changed(self) -> None:
         """Write the state unless it would show what it shows already."""

@@ -51,6 +51,7 @@ from .engine.settings import RouterSettings
 from .engine.urls import InvalidURL, normalize_url
 from .engine.wake import PowerConfig
 from .power import power_config
+from .updates import BackendUpdates
 
 
 @dataclass
@@ -69,8 +70,9 @@ class LLMRouterData:
     fallbacks: int = 0
     """User turns answered by other than the first choice."""
     last_backend: str | None = None
+    backend_updates: dict[str, BackendUpdates] = field(default_factory=dict)
+    """Backend name -> when its entities update."""
     _listeners: list[CALLBACK_TYPE] = field(default_factory=list)
-    _backend_listeners: dict[str, list[CALLBACK_TYPE]] = field(default_factory=dict)
 
     @callback
     def async_add_listener(self, listener: CALLBACK_TYPE) -> Callable[[], None]:
@@ -82,17 +84,17 @@ class LLMRouterData:
     def async_add_backend_listener(
         self, name: str, listener: CALLBACK_TYPE
     ) -> Callable[[], None]:
-        """Call listener when what the router knows of backend name changed."""
-        listeners = self._backend_listeners.setdefault(name, [])
-        listeners.append(listener)
-        return lambda: listeners.remove(listener)
+        """Call listener when what the router knows of backend name changed.
+
+        Rate limited but for trouble: see BackendUpdates.
+        """
+        return self.backend_updates[name].add(listener)
 
     @callback
     def async_backends_changed(self, names: frozenset[str]) -> None:
         """Tell the listeners of these backends that their state changed."""
         for name in names:
-            for listener in list(self._backend_listeners.get(name, ())):
-                listener()
+            self.backend_updates[name].changed()
 
     @callback
     def async_record(self, served_by: str | None, *, fell_back: bool) -> None:
@@ -208,19 +210,23 @@ def create_router(
             registry.release(config)
 
     entry.async_on_unload(release_servers)
+    router = Router(
+        [create_backend(hass, config) for config in configs.values()],
+        policy=policy,
+        settings=settings,
+        servers=servers,
+        power=power,
+    )
     data = LLMRouterData(
-        router=Router(
-            [create_backend(hass, config) for config in configs.values()],
-            policy=policy,
-            settings=settings,
-            servers=servers,
-            power=power,
-        ),
+        router=router,
         backend_subentries={
             config.name: subentry_id for subentry_id, config in configs.items()
         },
         router_device_id=router_device_id,
         unusable=unusable,
+        backend_updates={
+            name: BackendUpdates(hass, state) for name, state in router.states.items()
+        },
     )
     data.router.add_listener(data.async_backends_changed)
     return data

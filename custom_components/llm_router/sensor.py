@@ -16,9 +16,8 @@ from homeassistant.components.sensor import (
     SensorStateClass,
 )
 from homeassistant.const import EntityCategory, UnitOfTime
-from homeassistant.core import CALLBACK_TYPE, HassJob, HomeAssistant, callback
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
-from homeassistant.helpers.event import async_call_later
 from homeassistant.helpers.typing import StateType
 
 from .coordinator import BackendHealthCoordinator
@@ -34,8 +33,6 @@ from .runtime import LLMRouterConfigEntry, LLMRouterData
 PARALLEL_UPDATES = 0
 
 TOKENS_PER_SECOND = "tok/s"
-PREDICTION_INTERVAL = 1.0
-"""Seconds between new predictions at most: a burst of turns makes one."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,45 +313,17 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
         """Create the sensor."""
         super().__init__(entry, coordinator, description.key)
         self.entity_description = description
-        self._predicted_at = 0.0
-        self._planned: CALLBACK_TYPE | None = None
-        self._update_job = HassJob(self._update, cancel_on_shutdown=True)
 
     async def async_added_to_hass(self) -> None:
         """Predict once before the first write; after, when the inputs change."""
-        self._forecast = self._predict()
+        self._forecast = self.coordinator.router.forecast(self.coordinator.backend_name)
         await super().async_added_to_hass()
-        self.async_on_remove(self._cancel_update)
-
-    def _predict(self) -> Forecast:
-        self._predicted_at = self.hass.loop.time()
-        return self.coordinator.router.forecast(self.coordinator.backend_name)
 
     @callback
     def _handle_coordinator_update(self) -> None:
-        """Predict anew, at most once per PREDICTION_INTERVAL.
-
-        Whether the backend would answer at all shows at once.
-        """
-        if self._planned is None:
-            wait = self._predicted_at + PREDICTION_INTERVAL - self.hass.loop.time()
-            if wait <= 0:
-                self._update()
-                return
-            self._planned = async_call_later(self.hass, wait, self._update_job)
+        """Predict anew: the backend's updates are rate limited already."""
+        self._forecast = self.coordinator.router.forecast(self.coordinator.backend_name)
         self.async_write_if_changed()
-
-    @callback
-    def _update(self, _now: datetime | None = None) -> None:
-        self._planned = None
-        self._forecast = self._predict()
-        self.async_write_if_changed()
-
-    @callback
-    def _cancel_update(self) -> None:
-        if self._planned is not None:
-            self._planned()
-            self._planned = None
 
     @property
     def available(self) -> bool:

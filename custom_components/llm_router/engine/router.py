@@ -290,13 +290,17 @@ class Router:
         A user's request always goes first: nothing is loaded while one
         holds or waits for a slot (it loads the model itself).
         """
-        if self._closed or not self.keeps_warm(state) or state.name in self._warm_ups:
+        loads = state.backend.loads_models
+        if self._closed or not loads or state.name in self._warm_ups:
             return
         loop = asyncio.get_running_loop()
-        left = state.loaded_until - loop.time() - self.settings.predictor.warm_margin
+        now = loop.time()
+        left = state.loaded_until - now - self.settings.predictor.warm_margin
         timer = self._warm_timers.get(state.name)
-        if left > 0 and timer is not None and timer.when() <= loop.time() + left:
-            return  # it fires first and looks again: no new timer every turn
+        if left > 0 and timer is not None and timer.when() <= now + left:
+            return  # it fires first and decides again: no ranking every turn
+        if not self.keeps_warm(state):
+            return
         if timer is not None:
             timer.cancel()
             del self._warm_timers[state.name]
