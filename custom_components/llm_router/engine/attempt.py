@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import replace
 import math
 from typing import Protocol
@@ -25,12 +24,13 @@ from .models import (
     ModelDetails,
     ReasoningDelta,
     ServerStats,
+    StreamEvent,
     TextDelta,
     ToolCallDelta,
 )
 from .outcomes import Attempt, Decision, RouterEvent
 from .predictor import Forecast, Hold
-from .reasoning import ReasoningSplitter
+from .reasoning import ReasoningSplitter, Split
 from .state import BackendState
 from .stats import GenerationStats, StreamClock, summarize
 
@@ -109,6 +109,8 @@ class BackendAttempt:
         self.note: str | None = None
         self.stats: GenerationStats | None = None
         self._held: list[RouterEvent] = []
+        self._server_stats: ServerStats | None = None
+        """The stream's final statistics, once they came."""
         # In line from now on, so that the next turn sees this slot as taken.
         state.waiting += 1
         self._in_line = True
@@ -197,9 +199,81 @@ class BackendAttempt:
             return OutOfTime("the turn's time ran out")
         return self.missed()
 
-    async def _run(self) -> AsyncGenerator[RouterEvent]:
+    async def _run(self) -> AsyncGenerator[RouterEvent]:  # noqa: PLR0915 (one frame per chunk)
+        """A slot, the model's details, then the answer's events.
+
+        Asked again at once where that helps: without a feature the model
+        refused, or without thinking once reasoning hit its bound. One
+        generator for all of it: each layer would cost every chunk a step.
+        """
         state = self.state
         loop = asyncio.get_running_loop()
+        hold = await self._take_slot()
+        try:
+            await self._know_model()
+            stall = state.config.stall_timeout
+            turn_deadline = self._turn_deadline
+            while True:
+                request = self._adapt()
+                splitter, cap, reasoning_until = self._plan(request)
+                clock = StreamClock(started=loop.time())
+                self._server_stats = None
+                # Until the first token, the turn watches its own deadline.
+                limit = turn_deadline
+                stream = state.backend.chat(request)
+                watchdog = _Watchdog(stall)
+                try:
+                    try:
+                        while True:
+                            watchdog.arm(limit)
+                            try:
+                                event = await anext(stream)
+                            except StopAsyncIteration:
+                                break
+                            except asyncio.CancelledError:
+                                if not watchdog.expired():
+                                    raise
+                                raise self._timed_out(
+                                    clock, limit, reasoning_until
+                                ) from None
+                            finally:
+                                watchdog.disarm()
+                            if type(event) is TextDelta and splitter.passes(event.text):
+                                # Most chunks: answer text, passed as it is.
+                                self._token(clock, loop.time())
+                                self._answer_pieces += 1
+                                yield event
+                            else:
+                                for out in self._events_of(event, splitter, clock):
+                                    yield out
+                            if cap is not None and self._answer_pieces >= cap:
+                                self._server_stats = ServerStats(
+                                    output_chunks=self._answer_pieces, cut_at_cap=True
+                                )
+                                break
+                            # The next part is due within a stall of now
+                            # (after the consumer took this one), and
+                            # reasoning within its bound.
+                            if clock.first_token is not None:
+                                limit = min(loop.time() + stall, turn_deadline)
+                                if not self.answering:
+                                    limit = min(limit, reasoning_until)
+                    finally:
+                        watchdog.stop()
+                        await stream.aclose()
+                    for out in self._split_events(splitter.flush()):
+                        yield out
+                    self._finish(clock)
+                    return
+                except (CapabilityUnsupported, ReasoningTooLong, CutAtCap) as err:
+                    if not self._ask_again(request, err):
+                        raise
+        finally:
+            self._free_slot(hold)
+
+    async def _take_slot(self) -> Hold:
+        """Wait in line for one of the server's slots, until the turn's deadline."""
+        state = self.state
         try:
             if state.slots.locked():  # else taken at once: no timer needed
                 async with asyncio.timeout_at(self._turn_deadline):
@@ -210,43 +284,88 @@ class BackendAttempt:
             raise self._late(self.first_deadline) from None
         finally:
             self._leave_line()
-        taken = loop.time()
+        taken = asyncio.get_running_loop().time()
         self.queued = taken - self.started
         hold = Hold(taken, state.latency.expected_hold(self.forecast))
         state.holding.append(hold)
+        return hold
+
+    def _free_slot(self, hold: Hold) -> None:
+        state = self.state
+        state.holding.remove(hold)
+        self.slot_seconds = asyncio.get_running_loop().time() - hold.since
+        state.slots.release()
+
+    async def _know_model(self) -> None:
+        """Fetch the model's details once, within the turn's deadline."""
+        if self.state.details is not None:  # known: no timer needed
+            return
         try:
-            if state.details is None:  # else known: no timer needed
-                try:
-                    async with asyncio.timeout_at(self._turn_deadline):
-                        await self._host.model_details(state)
-                except TimeoutError:
-                    raise self._late(self.first_deadline) from None
-            while True:
-                sent = self._adapt()
-                try:
-                    # Closed here, so that an abandoned turn closes the stream.
-                    async with aclosing(self._stream(sent)) as events:
-                        async for event in events:
-                            yield event
-                    return
-                except CapabilityUnsupported as err:
-                    capability = Capability(err.capability)
-                    # What was sent, not what is known now: another turn may
-                    # have learnt it meanwhile.
-                    used = (
-                        sent.think if capability is Capability.THINKING else sent.tools
-                    )
-                    if self.answering or not used:
-                        raise
-                    # Learnt the hard way: retry at once without the feature.
-                    state.unsupported.add(capability)
-                except (ReasoningTooLong, CutAtCap) as err:
-                    if not self._ask_without_thinking(sent, err):
-                        raise
-        finally:
-            state.holding.remove(hold)
-            self.slot_seconds = loop.time() - taken
-            state.slots.release()
+            async with asyncio.timeout_at(self._turn_deadline):
+                await self._host.model_details(self.state)
+        except TimeoutError:
+            raise self._late(self.first_deadline) from None
+
+    def _ask_again(self, sent: ChatRequest, err: BackendError) -> bool:
+        """Whether to ask again at once: without a refused feature, or thinking."""
+        if isinstance(err, CapabilityUnsupported):
+            return self._without_feature(sent, err)
+        return self._ask_without_thinking(sent, err)
+
+    def _without_feature(self, sent: ChatRequest, err: CapabilityUnsupported) -> bool:
+        """Whether to ask again at once without a feature the model refused."""
+        capability = Capability(err.capability)
+        # What was sent, not what is known now: another turn may have learnt
+        # it meanwhile.
+        used = sent.think if capability is Capability.THINKING else sent.tools
+        if self.answering or not used:
+            return False
+        self.state.unsupported.add(capability)  # learnt the hard way
+        return True
+
+    def _plan(
+        self, request: ChatRequest
+    ) -> tuple[ReasoningSplitter, int | None, float]:
+        """A stream's reasoning splitter, answer cap and reasoning bound."""
+        config = self.state.config
+        # A thinking model behind a server that does not split reasoning out
+        # may start without <think>: hold its output until </think> shows.
+        splitter = ReasoningSplitter(
+            expect_reasoning=bool(request.think)
+            and not self.state.backend.splits_reasoning
+        )
+        if not request.think:
+            return splitter, None, math.inf
+        # The servers count reasoning in their cap: while thinking, none is
+        # sent and the answer is counted here. Reasoning may go on until as
+        # long before the turn's deadline as a first token may take: the
+        # time to ask again without thinking.
+        return (
+            splitter,
+            config.max_tokens,
+            self._turn_deadline - config.first_token_timeout,
+        )
+
+    def _events_of(
+        self, event: StreamEvent, splitter: ReasoningSplitter, clock: StreamClock
+    ) -> Sequence[RouterEvent]:
+        """What a stream event gives, other than text that passes as it is."""
+        match event:
+            case TextDelta():
+                self._token(clock, asyncio.get_running_loop().time())
+                return self._split_events(splitter.feed(event.text))
+            case ServerStats():
+                self._server_stats = event
+                return ()
+            case ReasoningDelta():
+                self._token(clock, asyncio.get_running_loop().time())
+                splitter.reasoning_handled_elsewhere()
+                self.reasoning_tokens += 1
+                return (event,)
+            case ToolCallDelta():
+                self._token(clock, asyncio.get_running_loop().time())
+                self.answering = True
+                return (event,)
 
     def _ask_without_thinking(self, sent: ChatRequest, err: BackendError) -> bool:
         """Whether to ask again, without thinking, after reasoning hit its bound.
@@ -272,108 +391,13 @@ class BackendAttempt:
         )
         if request.tools and not state.supports(Capability.TOOLS):
             request = request.without_tools()
-        return replace(request, think=think)
-
-    async def _stream(self, request: ChatRequest) -> AsyncGenerator[RouterEvent]:
-        config = self.state.config
-        loop = asyncio.get_running_loop()
-        # A thinking model behind a server that does not split reasoning out
-        # may start without <think>: hold its output until </think> shows.
-        splitter = ReasoningSplitter(
-            expect_reasoning=bool(request.think)
-            and not self.state.backend.splits_reasoning
-        )
-        clock = StreamClock(started=loop.time())
-        server_stats: ServerStats | None = None
-        # The servers count reasoning in their cap: while thinking, none is
-        # sent and the answer is counted here. Reasoning may go on until as
-        # long before the turn's deadline as a first token may take: the
-        # time to ask again without thinking.
-        cap = config.max_tokens if request.think else None
-        reasoning_until = (
-            self._turn_deadline - config.first_token_timeout
-            if request.think
-            else math.inf
-        )
-        stream = self.state.backend.chat(request)
-        watchdog = _Watchdog()
-        try:
-            while True:
-                limit = self._limit(clock, reasoning_until)
-                watchdog.arm(limit)
-                try:
-                    event = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except asyncio.CancelledError:
-                    if not watchdog.expired():
-                        raise
-                    raise self._timed_out(
-                        clock.first_token is None, limit, reasoning_until, clock
-                    ) from None
-                finally:
-                    watchdog.disarm()
-                match event:
-                    case ServerStats():
-                        server_stats = event
-                    case ReasoningDelta():
-                        self._token(clock, loop.time())
-                        splitter.reasoning_handled_elsewhere()
-                        self.reasoning_tokens += 1
-                        yield event
-                    case TextDelta():
-                        self._token(clock, loop.time())
-                        for out in self._text_events(splitter, event):
-                            yield out
-                    case ToolCallDelta():
-                        self._token(clock, loop.time())
-                        self.answering = True
-                        yield event
-                if cap is not None and self._answer_pieces >= cap:
-                    server_stats = ServerStats(
-                        output_chunks=self._answer_pieces, cut_at_cap=True
-                    )
-                    break
-        finally:
-            watchdog.stop()
-            await stream.aclose()
-        split = splitter.flush()
-        for out in self._split_events(split.reasoning, split.answer):
-            yield out
-        self._finish(server_stats, clock)
-
-    def _limit(self, clock: StreamClock, reasoning_until: float) -> float:
-        """When the next part must have come: the turn's end, a stall's, reasoning's.
-
-        The first token's own deadline is the turn's to watch (see Turn).
-        """
-        if clock.first_token is None:
-            return self._turn_deadline
-        limit = min(
-            asyncio.get_running_loop().time() + self.state.config.stall_timeout,
-            self._turn_deadline,
-        )
-        return limit if self.answering else min(limit, reasoning_until)
-
-    def _text_events(
-        self, splitter: ReasoningSplitter, delta: TextDelta
-    ) -> Sequence[RouterEvent]:
-        """A text delta's events: itself, once the answer passes untouched."""
-        if splitter.passes(delta.text):
-            self._answer_pieces += 1
-            return (delta,)
-        split = splitter.feed(delta.text)
-        return self._split_events(split.reasoning, split.answer)
+        return request if request.think is think else replace(request, think=think)
 
     def _timed_out(
-        self,
-        waiting_first: bool,
-        limit: float,
-        reasoning_until: float,
-        clock: StreamClock,
+        self, clock: StreamClock, limit: float, reasoning_until: float
     ) -> BackendError:
         """Which deadline passed: the first token's, reasoning's, the turn's, a stall's."""
-        if waiting_first:
+        if clock.first_token is None:
             return self._late(self.first_deadline)
         if limit == reasoning_until:
             seconds = asyncio.get_running_loop().time() - clock.started
@@ -384,8 +408,9 @@ class BackendAttempt:
             return OutOfTime("the turn's time ran out")
         return BackendTimeout(f"stalled for {self.state.config.stall_timeout:g} s")
 
-    def _finish(self, server_stats: ServerStats | None, clock: StreamClock) -> None:
+    def _finish(self, clock: StreamClock) -> None:
         """Judge a stream that ended; keep its statistics if it answered."""
+        server_stats = self._server_stats
         if server_stats is None:
             raise BadResponse("the answer ended early")
         if server_stats.cut_at_cap and not self.answering:
@@ -410,8 +435,9 @@ class BackendAttempt:
                 self._host.answered_late(self.state)
         clock.token(now)
 
-    def _split_events(self, reasoning: str, answer: str) -> list[RouterEvent]:
+    def _split_events(self, split: Split) -> list[RouterEvent]:
         events: list[RouterEvent] = []
+        reasoning, answer = split.reasoning, split.answer
         if reasoning:
             self.reasoning_tokens += 1
             events.append(ReasoningDelta(reasoning))
@@ -432,10 +458,15 @@ class _Watchdog:
     the timer, when it fires early, waits on) and disarmed after. The
     awaiting task may change from one await to the next (a race's task,
     then the turn's), so it is noted at each.
+
+    The first timer is set no later than a stall from now, where the limit
+    of a streaming answer will be: a stream's limits then need no timer
+    but that one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stall: float) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stall = stall
         self._limit = 0.0
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -445,9 +476,12 @@ class _Watchdog:
         """The await that follows ends by limit (loop time), cancelled."""
         self._limit = limit
         self._task = asyncio.current_task()
-        if self._timer is None or self._timer.when() > limit:
-            if self._timer is not None:
-                self._timer.cancel()
+        timer = self._timer
+        if timer is None:
+            first = min(limit, self._loop.time() + self._stall)
+            self._timer = self._loop.call_at(first, self._fire)
+        elif timer.when() > limit:
+            timer.cancel()
             self._timer = self._loop.call_at(limit, self._fire)
 
     def expired(self) -> bool:

@@ -333,12 +333,12 @@ def forecast(
     prompt = prompt_tokens(request) / model.prompt_speed.get(settings.prompt_speed)
     network = model.network(now, settings)
     without = Forecast(queue, load, prompt, 0.0, network, think=False)
+    if not state.supports(Capability.THINKING):
+        return without
     reasoning = model.reasoning_tokens.get(
         settings.reasoning_tokens
     ) / model.generation_speed.get(settings.generation_speed)
     with_reasoning = Forecast(queue, load, prompt, reasoning, network, think=True)
-    if not state.supports(Capability.THINKING):
-        return without
     if request.think is not None:
         return with_reasoning if request.think else without
     config = state.config

@@ -23,6 +23,9 @@ class Split:
     answer: str = ""
 
 
+_NOTHING = Split()
+
+
 class _State(Enum):
     START = auto()  # only whitespace so far, or a partial opening tag
     REASONING = auto()  # inside <think>, expected to think
@@ -70,6 +73,17 @@ class ReasoningSplitter:
 
     def feed(self, text: str) -> Split:
         """Split the next chunk of model output."""
+        if (
+            self._state is _State.START
+            and not self._expect_reasoning
+            and not self._buffer
+            and "<" not in text
+            and text
+            and not text.isspace()
+        ):
+            # The usual start: answer text, no tag in sight.
+            self._state = _State.ANSWER
+            return Split(answer=self._answer_text(text))
         self._buffer += text
         if self._state is _State.START and not self._leave_start():
             return Split()
@@ -77,6 +91,8 @@ class ReasoningSplitter:
 
     def flush(self) -> Split:
         """End of stream: release everything still buffered or held."""
+        if self._state is _State.ANSWER and not self._buffer:
+            return _NOTHING
         if self._state is _State.START:
             self._state = _State.ANSWER
         split = self._drain(final=True)

@@ -160,8 +160,26 @@ class Turn:
                 winner = await self._race(racing)
                 if winner is None:
                     continue
-                async for event in self._deliver(winner):
-                    yield event
+                if self._spoken:
+                    # No fallback any more: the events pass straight through.
+                    try:
+                        for event in winner.take_held():
+                            yield event
+                        async for event in winner.rest():
+                            yield event
+                    except BackendError as err:
+                        self._failed(winner, err)
+                        # Spoken text cannot be taken back: end the turn here.
+                        self.served_by = winner.state.name
+                        yield Interrupted(winner.state.name, err)
+                    else:
+                        self._serve(winner)
+                else:
+                    answer = await self._complete(winner)
+                    if answer is not None:
+                        self._serve(winner)
+                        for event in answer:
+                            yield event
                 racing.clear()
                 if self.served_by is not None:
                     self._name_the_stand_in()
@@ -405,36 +423,26 @@ class Turn:
             self._hedge_beat = None
             self.host.hedge_line.remove(self)
 
-    async def _deliver(self, winner: BackendAttempt) -> AsyncIterator[RouterEvent]:
-        """Stream the winner's answer: spoken at once, or once it is complete.
+    async def _complete(self, winner: BackendAttempt) -> list[RouterEvent] | None:
+        """The winner's whole answer, for an unspoken turn; None if it broke off.
 
-        Sets served_by unless an unspoken answer broke off (then the next
-        backend is asked).
+        Then the next backend is asked.
         """
-        out: list[RouterEvent] = []
+        answer = winner.take_held()
         try:
-            if self._spoken:
-                for event in winner.take_held():
-                    yield event
-                async for event in winner.rest():
-                    yield event
-            else:
-                out = winner.take_held()
-                async for event in winner.rest():
-                    out.append(event)
+            async for event in winner.rest():
+                answer.append(event)
         except BackendError as err:
             self._failed(winner, err)
-            if self._spoken:
-                # Spoken text cannot be taken back: end the turn here.
-                self.served_by = winner.state.name
-                yield Interrupted(winner.state.name, err)
-            return
+            return None
+        return answer
+
+    def _serve(self, winner: BackendAttempt) -> None:
+        """The winner answered in full: learn from it, note it."""
         self.host.record_success(winner.state, winner)
         self._served = winner.outcome()
         self._note(winner.state, self._served)
         self.served_by = winner.state.name
-        for event in out:
-            yield event
 
     def _failed(self, attempt: BackendAttempt, err: BackendError) -> None:
         state = attempt.state
