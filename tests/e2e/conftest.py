@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_socket  # type: ignore[import-untyped]
 
+from tests.e2e.browser import start_chromedriver
 from tests.e2e.harness import (
     Credentials,
     HassClient,
@@ -76,4 +77,12 @@ def two_slot_server(e2e_dir: Path, llm_server: Server) -> Iterator[Server]:
     """Another llama-server, with two slots (-np 2); after llm_server's install."""
     _allow_loopback()
     with start_llm_server(e2e_dir / "llm-server-2-slots.log", slots=2) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def chromedriver(e2e_dir: Path) -> Iterator[Server]:
+    """Debian's chromedriver on a loopback port, for the browser tests."""
+    _allow_loopback()
+    with start_chromedriver(e2e_dir / "chromedriver.log") as server:
         yield server

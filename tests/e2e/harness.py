@@ -810,6 +810,36 @@ def create_pipeline(
     return str(pipeline["id"])
 
 
+def first_finished_run(
+    client: HassClient, pipeline_id: str
+) -> list[dict[str, Any]] | None:
+    """The events of the pipeline's first run (its debug page), once it ended."""
+    runs = client.websocket(
+        {"type": "assist_pipeline/pipeline_debug/list", "pipeline_id": pipeline_id}
+    )["pipeline_runs"]
+    if not runs:
+        return None
+    events: list[dict[str, Any]] = client.websocket(
+        {
+            "type": "assist_pipeline/pipeline_debug/get",
+            "pipeline_id": pipeline_id,
+            "pipeline_run_id": runs[0]["pipeline_run_id"],
+        }
+    )["events"]
+    return events if events[-1]["type"] == "run-end" else None
+
+
+def run_event(run: Sequence[Mapping[str, Any]], event_type: str) -> dict[str, Any]:
+    """The data of a pipeline run's first event of a type."""
+    return dict(next(event["data"] for event in run if event["type"] == event_type))
+
+
+def run_speech(run: Sequence[Mapping[str, Any]]) -> str:
+    """The agent's answer in a pipeline run."""
+    response = run_event(run, "intent-end")["intent_output"]["response"]
+    return str(response["speech"]["plain"]["speech"])
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the conversation agent answered to one sentence."""
