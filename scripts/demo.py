@@ -35,7 +35,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.voice import (
     VOICE,
-    add_wyoming,
+    add_wyoming_tts,
     save_wav,
     speak,
     speaking_pipeline,
@@ -87,7 +87,7 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         onboard(hass, user)
     print(f"    {hass_server.url}, configuration in {work / 'config'}")
     with step("Adding Piper through the Wyoming integration"):
-        speaker = add_wyoming(hass, tts)
+        speaker = add_wyoming_tts(hass, tts)
     print(f"    {speaker.entity_id} ({speaker.language}, voice {speaker.voice})")
 
     with step(f"Creating the router {ROUTER_NAME!r} with the Pi (priority 2)"):

@@ -774,11 +774,11 @@ def create_pipeline(
     agent_id: str,
     *,
     preferred: bool = False,
-    tts: Mapping[str, str | None] | None = None,
+    engines: Mapping[str, str | None] | None = None,
 ) -> str:
     """Make an Assist pipeline that sends every sentence to agent_id; its id.
 
-    tts: the tts_engine, tts_language and tts_voice fields (none: no speech).
+    engines: the stt_* and tts_* fields (none: it neither hears nor speaks).
     """
     pipeline = client.websocket(
         {
@@ -797,7 +797,7 @@ def create_pipeline(
             "tts_voice": None,
             "wake_word_entity": None,
             "wake_word_id": None,
-            **(tts or {}),
+            **(engines or {}),
         }
     )
     if preferred:
