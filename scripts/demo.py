@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 import json
 from pathlib import Path
 import secrets
@@ -151,7 +152,7 @@ def ask_questions(
             ask(
                 hass,
                 router,
-                lambda q=question: speak(hass, pipeline, q),
+                partial(speak, hass, pipeline, question),
                 answers / f"{number}.wav",
             )
     with step("Asking by voice: Piper says the question, pocketsphinx hears it"):
@@ -160,7 +161,7 @@ def ask_questions(
         ask(
             hass,
             router,
-            lambda: ask_aloud(hass, pipeline, spoken),
+            partial(ask_aloud, hass, pipeline, spoken),
             answers / f"{len(QUESTIONS) + 1}.wav",
         )
 
