@@ -52,7 +52,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.voice import (
     SpokenTurn,
-    add_wyoming,
+    add_wyoming_tts,
     install_tts_server,
     serving,
     speak,
@@ -124,7 +124,7 @@ def main(rounds: int, pace: float) -> None:
         )
         hass = HassClient(hass_server)
         onboard(hass, Credentials())
-        speaker = add_wyoming(hass, tts)
+        speaker = add_wyoming_tts(hass, tts)
         real = create_router(hass, "Router real", pi_backend(llm))
         routed = create_router(
             hass,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 import json
 from pathlib import Path
 import secrets
@@ -35,10 +36,15 @@ from tests.e2e.harness import (
 )
 from tests.e2e.voice import (
     VOICE,
-    add_wyoming,
+    SpokenTurn,
+    add_wyoming_stt,
+    add_wyoming_tts,
+    ask_aloud,
+    question_wav,
     save_wav,
     speak,
     speaking_pipeline,
+    start_stt_server,
     start_tts_server,
 )
 
@@ -48,6 +54,7 @@ QUESTIONS = (
     "How often should I water a snake plant?",
     "Give me one tip to save energy in the kitchen.",
 )
+SPOKEN_QUESTION = "In one sentence, what should I cook for dinner tonight?"
 KEEP_PORT = 8123
 
 
@@ -73,6 +80,10 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         tts = start_tts_server(work / "tts-server.log", keep=keep)
         servers.append(tts)
     print(f"    tcp{tts.url.removeprefix('http')} speaks with the Piper voice {VOICE}")
+    with step("Starting the speech-to-text server (pocketsphinx, Wyoming protocol)"):
+        stt = start_stt_server(work / "stt-server.log", keep=keep)
+        servers.append(stt)
+    print(f"    tcp{stt.url.removeprefix('http')} hears English")
 
     user = Credentials(password=secrets.token_urlsafe(12) if keep else "demo-password")
     with step("Starting Home Assistant"):
@@ -86,9 +97,11 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         hass = HassClient(hass_server)
         onboard(hass, user)
     print(f"    {hass_server.url}, configuration in {work / 'config'}")
-    with step("Adding Piper through the Wyoming integration"):
-        speaker = add_wyoming(hass, tts)
+    with step("Adding Piper and pocketsphinx through the Wyoming integration"):
+        speaker = add_wyoming_tts(hass, tts)
+        listener = add_wyoming_stt(hass, stt)
     print(f"    {speaker.entity_id} ({speaker.language}, voice {speaker.voice})")
+    print(f"    {listener.entity_id} ({listener.language})")
 
     with step(f"Creating the router {ROUTER_NAME!r} with the Pi (priority 2)"):
         router = create_router(hass, ROUTER_NAME, pi_backend(llm))
@@ -97,15 +110,19 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         add_backend(hass, router, gpu)
 
     with step(
-        f"Making {ROUTER_NAME!r} the preferred Assist pipeline, speaking with Piper"
+        f"Making {ROUTER_NAME!r} the preferred Assist pipeline, hearing with "
+        f"pocketsphinx and speaking with Piper"
     ):
         pipeline = speaking_pipeline(
-            hass, ROUTER_NAME, router.agent_id, speaker, preferred=True
+            hass,
+            ROUTER_NAME,
+            router.agent_id,
+            speaker,
+            listener=listener,
+            preferred=True,
         )
 
-    for number, question in enumerate(QUESTIONS, 1):
-        with step(f"Asking {router.agent_id} through the pipeline, out loud"):
-            ask(hass, router, pipeline, question, work / "answers" / f"{number}.wav")
+    ask_questions(hass, router, pipeline, work / "answers")
 
     action_question = "Name one thing a smart home can automate."
     with step("Asking through the llm_router.ask action, with response data"):
@@ -122,30 +139,62 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
         check_no_reports(hass_server)
 
     if keep:
-        print(
-            f"\nHome Assistant: {hass_server.url} (user {user.username!r}, "
-            f"password {user.password!r}): Assist (the speech bubble at the top) "
-            f"answers with {ROUTER_NAME!r}; its backends are under Settings > "
-            f"Devices & services > {ROUTER_NAME}.\n"
-            f"Spoken: the pipeline speaks with Piper wherever a question comes "
-            f"by voice (a satellite, or the dialog's microphone once the "
-            f"pipeline has a speech-to-text engine); the frontend takes typed "
-            f"questions to the answer's text only. The demo's answers play "
-            f"under Settings > Voice assistants > {ROUTER_NAME} > ⋮ > Debug > "
-            f"Play audio.\n"
-            f"Logs: {hass_server.log}, {llm.log}, {tts.log}\n"
-            f"Stop all three: kill -- -{hass_server.process.pid} "
-            f"-{llm.process.pid} -{tts.process.pid}"
+        print(kept(hass_server, user, servers))
+
+
+def ask_questions(
+    hass: HassClient, router: Router, pipeline: str, answers: Path
+) -> None:
+    """The questions through the pipeline: typed ones, then a spoken one."""
+    for number, question in enumerate(QUESTIONS, 1):
+        with step(f"Asking {router.agent_id} through the pipeline, out loud"):
+            print(f"    Q: {question}")
+            ask(
+                hass,
+                router,
+                partial(speak, hass, pipeline, question),
+                answers / f"{number}.wav",
+            )
+    with step("Asking by voice: Piper says the question, pocketsphinx hears it"):
+        spoken = question_wav(SPOKEN_QUESTION, answers / "question.wav")
+        print(f"    Q: {SPOKEN_QUESTION} (spoken: {spoken})")
+        ask(
+            hass,
+            router,
+            partial(ask_aloud, hass, pipeline, spoken),
+            answers / f"{len(QUESTIONS) + 1}.wav",
         )
 
 
+def kept(hass_server: Server, user: Credentials, servers: list[Server]) -> str:
+    """How to use what --keep leaves running, and how to stop it."""
+    return (
+        f"\nHome Assistant: {hass_server.url} (user {user.username!r}, "
+        f"password {user.password!r}), in a browser on this machine (the "
+        f"microphone needs 127.0.0.1 or HTTPS). Assist (the speech bubble at "
+        f"the top) answers with {ROUTER_NAME!r}; its backends are under "
+        f"Settings > Devices & services > {ROUTER_NAME}.\n"
+        f"Spoken: in the Assist dialog, click the microphone and ask in "
+        f"English; pocketsphinx hears the question (a small offline "
+        f"recognizer: speak plainly, then pause), the router answers and the "
+        f"dialog speaks the answer with Piper. Typed questions get text "
+        f"answers. The demo's own answers play under Settings > Voice "
+        f"assistants > {ROUTER_NAME} > ⋮ > Debug > Play audio.\n"
+        f"Logs: {', '.join(str(server.log) for server in servers)}\n"
+        f"Stop them all: kill -- "
+        + " ".join(f"-{server.process.pid}" for server in servers)
+    )
+
+
 def ask(
-    hass: HassClient, router: Router, pipeline: str, question: str, wav: Path
+    hass: HassClient, router: Router, run: Callable[[], SpokenTurn], wav: Path
 ) -> None:
-    """One spoken turn: the answer, its timing, who served it, its audio."""
+    """One spoken turn: what was heard, the answer, its timing, who served
+    it, its audio."""
     fallbacks_before = state_value(hass, router.fallbacks_id)
-    turn = speak(hass, pipeline, question)
-    print(f"    Q: {question}")
+    turn = run()
+    if (heard := turn.first("stt-end")) is not None:
+        print(f"    heard {turn.transcript!r} at {_seconds(heard.seconds)}")
     print(textwrap.indent(turn.answer.strip(), "    A: ", lambda _: True))
     if turn.errors or not turn.answer.strip() or not turn.audio:
         raise HarnessError(f"no spoken answer {turn.errors}; see {hass.server.log}")

