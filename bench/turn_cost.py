@@ -12,9 +12,11 @@ that drift hits all alike:
 once without an LLM API and once with the Assist API. Reported: the median
 time of each, the median of the per-round differences (router - core and
 each - bare) and the ratio router / core, and the entity state writes
-each agent makes per turn.
+each agent makes per turn. LLM Router updates a backend's sensors at once
+after a quiet second, else once at the end of that second: back to back,
+its turns write them about once a second; with --gap 1 every turn does.
 
-    .venv/bin/python -m bench.turn_cost [--rounds 200]
+    .venv/bin/python -m bench.turn_cost [--rounds 200] [--gap 0]
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ import sys
 import pytest
 
 ROUNDS_VARIABLE = "TURN_COST_ROUNDS"
+GAP_VARIABLE = "TURN_COST_GAP"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
-    os.environ[ROUNDS_VARIABLE] = str(parser.parse_args().rounds)
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds between rounds, untimed (1: every turn updates its sensors)",
+    )
+    arguments = parser.parse_args()
+    os.environ[ROUNDS_VARIABLE] = str(arguments.rounds)
+    os.environ[GAP_VARIABLE] = str(arguments.gap)
     # Home Assistant's test plugin must load before Home Assistant does.
     here = Path(__file__).parent
     sys.exit(

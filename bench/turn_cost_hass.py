@@ -26,8 +26,9 @@ from homeassistant.setup import async_setup_component
 import ollama
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from bench.turn_cost import ROUNDS_VARIABLE
+from bench.turn_cost import GAP_VARIABLE, ROUNDS_VARIABLE
 from custom_components.llm_router.const import DOMAIN
+from custom_components.llm_router.updates import UPDATE_INTERVAL
 from tests.conftest import backend, router_entry
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
@@ -140,6 +141,7 @@ async def test_turn_cost(
 ) -> None:
     """Not a test: the bench, run by pytest for its Home Assistant."""
     rounds = int(os.environ.get(ROUNDS_VARIABLE, "200"))
+    gap = float(os.environ.get(GAP_VARIABLE, "0"))
     loop = asyncio.get_running_loop()
     # The harness runs asyncio in debug mode, a cost Home Assistant has not.
     loop.set_debug(False)
@@ -185,20 +187,26 @@ async def test_turn_cost(
                 for _ in range(10):
                     await way()
             results: dict[str, list[float]] = {name: [] for name in ways}
-            counted = {"core": "ollama", "router": DOMAIN}
-            write_counts = dict.fromkeys(counted, 0)
+            platforms = {"core": "ollama", "router": DOMAIN}
+            written_before = {
+                way: writes.by_platform.get(platform, 0)
+                for way, platform in platforms.items()
+            }
             order = list(ways)
             for index in range(rounds):
+                if gap:
+                    await asyncio.sleep(gap)
                 shift = index % len(order)
                 for way_name in order[shift:] + order[:shift]:
-                    before = writes.by_platform.get(counted.get(way_name, ""), 0)
                     results[way_name].append(await ways[way_name]())
                     await hass.async_block_till_done()
-                    if way_name in counted:
-                        platform = counted[way_name]
-                        write_counts[way_name] += (
-                            writes.by_platform.get(platform, 0) - before
-                        )
+            # The sensors' updates due at the end of their second, counted too.
+            await asyncio.sleep(UPDATE_INTERVAL)
+            await hass.async_block_till_done()
+            write_counts = {
+                way: writes.by_platform.get(platform, 0) - written_before[way]
+                for way, platform in platforms.items()
+            }
             _report(
                 "Assist API" if api else "no LLM API",
                 results,
