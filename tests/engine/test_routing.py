@@ -432,6 +432,22 @@ async def test_fastest_sends_thinking_to_the_gpu_and_the_rest_to_the_pi() -> Non
     assert chosen.first_word is not None
 
 
+async def test_a_turn_forecasts_each_backend_once() -> None:
+    router = pi_and_gpu(policy=FastestPolicy())
+    forecast = router.forecast
+    made: list[str] = []
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Forecast:
+        made.append(name)
+        return forecast(name, *args, **kwargs)
+
+    router.forecast = counted  # type: ignore[method-assign]
+    turn, _ = await collect(router)
+    assert turn.served_by == "Pi"
+    # Ordered by the forecasts, and the first choice started on its own.
+    assert sorted(made) == ["GPU", "Pi"]
+
+
 async def test_fastest_puts_open_breakers_last() -> None:
     pi, gpu = ScriptedBackend("Pi", 1), ScriptedBackend("GPU", 2)
     router = TrackedRouter([gpu, pi], policy=FastestPolicy())

@@ -85,9 +85,11 @@ class Turn:
         self._pending: deque[BackendState] = deque()
         self._deferred: list[BackendState] = []
         self._open: list[BackendState] = []
+        """Skipped for an open breaker: tried last, if worth a try."""
         self._woken: list[tuple[BackendState, Attempt]] = []
         """Backends this turn found down and woke, with their attempts."""
-        """Skipped for an open breaker: tried last, if worth a try."""
+        self._start_forecasts: Forecasts | None = None
+        """The forecasts the turn's backends were ordered by, for its first start."""
         self.started = 0.0
         """When the turn began (loop time)."""
         self.deadline = 0.0
@@ -143,10 +145,10 @@ class Turn:
         router = self.host
         now = self.started = asyncio.get_running_loop().time()
         self.deadline = now + router.settings.turn_timeout
-        candidates = router.candidates(
-            self._only,
-            Forecasts(lambda name: router.forecast(name, self.request, now)),
+        forecasts = self._start_forecasts = Forecasts(
+            lambda name: router.forecast(name, self.request, now)
         )
+        candidates = router.candidates(self._only, forecasts)
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
         racing: list[BackendAttempt] = []
@@ -200,8 +202,15 @@ class Turn:
         router = self.host
         now = asyncio.get_running_loop().time()
         hedge = beat is not None
+        # The first start uses the forecasts of the moment the backends were
+        # ordered (made when read); later ones, the moment's own.
+        forecasts, self._start_forecasts = self._start_forecasts, None
         for state in list(self._pending):
-            predicted = router.forecast(state.name, self.request, now)
+            predicted = (
+                forecasts[state.name]
+                if forecasts is not None
+                else router.forecast(state.name, self.request, now)
+            )
             if beat is not None and not (
                 state.breaker.allows()
                 and state.has_free_slot()
