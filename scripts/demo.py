@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+from custom_components.llm_router.updates import UPDATE_INTERVAL
 from tests.e2e.harness import (
     LLM_MODEL,
     Credentials,
@@ -131,6 +132,8 @@ def run(work: Path, keep: bool, servers: list[Server]) -> None:
     print(textwrap.indent(json.dumps(response, indent=2), "    "))
 
     with step("The router's entities"):
+        # A backend's sensors show a turn within a second of the one before.
+        time.sleep(UPDATE_INTERVAL)
         for item in integration_states(hass):
             unit = item["attributes"].get("unit_of_measurement") or ""
             print(f"    {item['entity_id']}: {_rounded(item['state'])} {unit}".rstrip())
