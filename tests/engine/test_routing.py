@@ -6,7 +6,7 @@ Routing decisions are driven by feeding the predictor, not by wall time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 import math
 from typing import Any
@@ -798,3 +798,33 @@ async def test_abandoned_turn_closes_its_stream_and_frees_its_slot() -> None:
     assert pi.closed_streams == 1
     assert router.states["Pi"].has_free_slot()
     assert router.states["Pi"].failures == 0
+
+
+@pytest.mark.parametrize("leave", ["aclose", "cancel", "drop"])
+async def test_a_turn_left_mid_answer_still_ends(leave: str) -> None:
+    """Closed, cancelled or dropped: stream closed, slot freed, router told."""
+    pi = Gated("Pi")
+    router = TrackedRouter([pi])
+    told: list[list[str]] = []
+    notify = router.notify
+
+    def spy(names: Iterable[str]) -> None:
+        told.append(list(names))
+        notify(told[-1])
+
+    router.notify = spy  # type: ignore[method-assign]
+    events = aiter(router.route(REQUEST))
+    assert await anext(events) == TextDelta("first")
+    if leave == "aclose":
+        await events.aclose()  # type: ignore[attr-defined]
+    elif leave == "cancel":
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0)  # at the gate
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    else:
+        del events  # the loop closes what nobody iterates any more
+    await until(lambda: pi.closed_streams == 1 and told)
+    assert router.states["Pi"].has_free_slot()
+    assert len(told) == 1
