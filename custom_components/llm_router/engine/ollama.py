@@ -131,15 +131,10 @@ class OllamaBackend(Backend):
                     if part is None:
                         break
                     failures.answering = True
-                    message = part.message
-                    if message.thinking or message.tool_calls:
-                        events = _events(message)
-                        output_chunks += bool(events)
-                        for event in events:
-                            yield event
-                    elif message.content:  # most chunks: one piece of text
-                        output_chunks += 1
-                        yield TextDelta(message.content)
+                    events = _events(part.message)
+                    output_chunks += bool(events)
+                    for event in events:
+                        yield event
                     if part.done:
                         yield replace(_stats(part), output_chunks=output_chunks)
                         # Read to the end, so that the connection is kept
