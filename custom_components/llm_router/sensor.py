@@ -316,14 +316,21 @@ class PredictionSensor(LLMRouterBackendEntity, SensorEntity):
 
     async def async_added_to_hass(self) -> None:
         """Predict once before the first write; after, when the inputs change."""
-        self._forecast = self.coordinator.router.forecast(self.coordinator.backend_name)
+        self._forecast = self._predict()
         await super().async_added_to_hass()
 
     @callback
     def _handle_coordinator_update(self) -> None:
-        """Predict anew: the backend's updates are rate limited already."""
-        self._forecast = self.coordinator.router.forecast(self.coordinator.backend_name)
+        """Predict anew on each update.
+
+        Updates come from health checks and from the router's news of the
+        backend, which BackendUpdates rate-limits.
+        """
+        self._forecast = self._predict()
         self.async_write_if_changed()
+
+    def _predict(self) -> Forecast:
+        return self.coordinator.router.forecast(self.coordinator.backend_name)
 
     @property
     def available(self) -> bool:
