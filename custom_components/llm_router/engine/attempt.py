@@ -350,20 +350,18 @@ class BackendAttempt:
         self, event: StreamEvent, splitter: ReasoningSplitter, clock: StreamClock
     ) -> Sequence[RouterEvent]:
         """What a stream event gives, other than text that passes as it is."""
+        if isinstance(event, ServerStats):
+            self._server_stats = event
+            return ()
+        self._token(clock, asyncio.get_running_loop().time())
         match event:
             case TextDelta():
-                self._token(clock, asyncio.get_running_loop().time())
                 return self._split_events(splitter.feed(event.text))
-            case ServerStats():
-                self._server_stats = event
-                return ()
             case ReasoningDelta():
-                self._token(clock, asyncio.get_running_loop().time())
                 splitter.reasoning_handled_elsewhere()
                 self.reasoning_tokens += 1
                 return (event,)
             case ToolCallDelta():
-                self._token(clock, asyncio.get_running_loop().time())
                 self.answering = True
                 return (event,)
 
