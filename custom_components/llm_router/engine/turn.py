@@ -88,8 +88,6 @@ class Turn:
         """Skipped for an open breaker: tried last, if worth a try."""
         self._woken: list[tuple[BackendState, Attempt]] = []
         """Backends this turn found down and woke, with their attempts."""
-        self._start_forecasts: Forecasts | None = None
-        """The forecasts the turn's backends were ordered by, for its first start."""
         self.started = 0.0
         """When the turn began (loop time)."""
         self.deadline = 0.0
@@ -145,17 +143,18 @@ class Turn:
         router = self.host
         now = self.started = asyncio.get_running_loop().time()
         self.deadline = now + router.settings.turn_timeout
-        forecasts = self._start_forecasts = Forecasts(
-            lambda name: router.forecast(name, self.request, now)
-        )
+        # Made when read; the first start uses them too.
+        forecasts = Forecasts(lambda name: router.forecast(name, self.request, now))
         candidates = router.candidates(self._only, forecasts)
+        ordered_by: Forecasts | None = forecasts
         self.first_choice = candidates[0].name if candidates else None
         self._pending = deque(candidates)
         racing: list[BackendAttempt] = []
         try:
             while True:
                 if not racing:
-                    attempt = self._start_next()
+                    attempt = self._start_next(forecasts=ordered_by)
+                    ordered_by = None
                     if attempt is None:
                         raise AllBackendsFailed(self.attempts)
                     racing.append(attempt)
@@ -191,20 +190,23 @@ class Turn:
                 await attempt.close()
             router.notify(attempt.backend for attempt in self.attempts)
 
-    def _start_next(self, *, beat: float | None = None) -> BackendAttempt | None:
+    def _start_next(
+        self,
+        *,
+        beat: float | None = None,
+        forecasts: Mapping[str, Forecast] | None = None,
+    ) -> BackendAttempt | None:
         """Start the next backend to try, noting those passed over.
 
         A backend that is busy and expected to stay so beyond its budget is
         passed over while another may answer; it is asked last, in line.
         With beat, a hedge: the next backend that would answer at once and
-        is expected to say its first word within beat seconds.
+        is expected to say its first word within beat seconds. With
+        forecasts, those the backends were just ordered by.
         """
         router = self.host
         now = asyncio.get_running_loop().time()
         hedge = beat is not None
-        # The first start uses the forecasts of the moment the backends were
-        # ordered (made when read); later ones, the moment's own.
-        forecasts, self._start_forecasts = self._start_forecasts, None
         for state in list(self._pending):
             predicted = (
                 forecasts[state.name]
