@@ -2,7 +2,7 @@
 
 One Home Assistant (the test plugin's, asyncio debug off as in a real
 install) holds two conversation agents talking to the same loopback Ollama
-fake, which answers at once:
+fake, which answers at once (with --rate, that many words a second):
 
   router   LLM Router with that server as its one backend (max_parallel 50)
   core     Home Assistant core's ollama integration, same server and model
@@ -11,9 +11,12 @@ Each round sends the same 50 turns at once to one agent, then to the other,
 alternating which goes first, after a garbage collection, while a ticker task measures how late the
 loop wakes it (every 2 ms). Reported per agent: the median over rounds of
 each round's worst and mean lag, and the router's over core's, which is
-the figure to compare across machines (the absolute lag is the machine's).
+the figure to compare across machines (the absolute lag is the machine's);
+how late the ticker was in all, and how long a round took. The mean is
+over the ticker's wakes: a round that is over in a few long loop
+iterations has few, each late by one of them.
 
-    .venv/bin/python -m bench.loop_lag [--rounds 20] [--turns 50]
+    .venv/bin/python -m bench.loop_lag [--rounds 20] [--turns 50] [--rate 200]
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class Lag:
     """How late the ticker woke, each time, during one round."""
 
     delays: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    """How long the round took."""
 
     @property
     def worst(self) -> float:
@@ -78,9 +83,11 @@ async def measured_lag() -> AsyncIterator[Lag]:
             lag.delays.append(loop.time() - scheduled)
 
     ticker = asyncio.create_task(tick())
+    started = loop.time()
     try:
         yield lag
     finally:
+        lag.seconds = loop.time() - started
         ticker.cancel()
         with suppress(asyncio.CancelledError):
             await ticker
@@ -132,14 +139,14 @@ async def setup_core_ollama(hass: HomeAssistant, url: str) -> str:
     return agent
 
 
-async def main(rounds: int, turns: int) -> None:
+async def main(rounds: int, turns: int, rate: float | None) -> None:
     with tempfile.TemporaryDirectory() as config_dir:
-        results, seconds = await measure(config_dir, rounds, turns)
+        results, seconds = await measure(config_dir, rounds, turns, rate)
     report(results, rounds, turns, seconds)
 
 
 async def measure(
-    config_dir: str, rounds: int, turns: int
+    config_dir: str, rounds: int, turns: int, rate: float | None
 ) -> tuple[dict[str, list[Lag]], float]:
     """Each agent's lag in each round, and the seconds the rounds took."""
     async with (
@@ -148,7 +155,7 @@ async def measure(
     ):
         asyncio.get_running_loop().set_debug(False)
         hass.data.pop(loader.DATA_CUSTOM_COMPONENTS, None)  # ours is custom
-        fake.default_reply = Reply(text=ANSWER)
+        fake.default_reply = Reply(text=ANSWER, tokens_per_second=rate)
         await setup_router(
             hass,
             router_entry(
@@ -181,15 +188,21 @@ def report(
         f"{rounds} rounds of {turns} turns at once per agent ({seconds:.0f} s); "
         f"loop lag, median over rounds"
     )
-    print(f"{'agent':<8}{'worst':>11}{'ratio':>8}{'mean':>11}{'ratio':>8}")
+    print(
+        f"{'agent':<8}{'worst':>11}{'ratio':>8}{'mean':>11}{'ratio':>8}"
+        f"{'in all':>11}{'round':>11}"
+    )
     core_worst = statistics.median(lag.worst for lag in results["core"])
     core_mean = statistics.median(lag.mean for lag in results["core"])
     for name, lags in results.items():
         worst = statistics.median(lag.worst for lag in lags)
         mean = statistics.median(lag.mean for lag in lags)
+        late = statistics.median(sum(lag.delays) for lag in lags)
+        seconds = statistics.median(lag.seconds for lag in lags)
         print(
             f"{name:<8}{worst * 1000:8.1f} ms{worst / core_worst:7.2f}x"
             f"{mean * 1000:8.2f} ms{mean / core_mean:7.2f}x"
+            f"{late * 1000:8.1f} ms{seconds * 1000:8.1f} ms"
         )
 
 
@@ -197,6 +210,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--turns", type=int, default=50)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="the fake's words per second in each answer (default: all at once)",
+    )
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main(arguments.rounds, arguments.turns))
+    asyncio.run(main(arguments.rounds, arguments.turns, arguments.rate))

@@ -3,15 +3,19 @@
 The same question goes to one loopback Ollama fake (no pacing, 30 tokens)
 three ways, round-robin so that drift hits all alike:
 
-  bare     ollama.AsyncClient.chat(stream=True), iterated
-  core     the same stream through Home Assistant core's ollama
+  bare     ollama.AsyncClient.chat(stream=True), iterated, over httpx's
+           own transport (as core's ollama integration uses it)
+  session  the same client over the router's transport: an aiohttp
+           session (engine/ollama_http.py)
+  core     the bare stream through Home Assistant core's ollama
            integration (its _transform_stream, which feeds the chat log)
   router   Router.route() with one OllamaBackend (prediction, policy,
            deadlines, reasoning splitting, statistics)
 
 Reported: the median time to the first answer token and to the end of the
-answer, and what each adds to the bare client (medians of the per-round
-differences).
+answer, what each adds to the bare client, and what the router adds to
+the client it streams with (router - session): medians of the per-round
+differences.
 
     .venv/bin/python -m bench.router_overhead [--turns 300]
 """
@@ -37,6 +41,7 @@ from custom_components.llm_router.engine.models import (
     TextDelta,
 )
 from custom_components.llm_router.engine.ollama import OllamaBackend
+from custom_components.llm_router.engine.ollama_http import SessionTransport
 from custom_components.llm_router.engine.router import Router
 from tests.fakes.base import Reply
 from tests.fakes.ollama_server import FakeOllama
@@ -50,6 +55,10 @@ async def main(turns: int) -> None:
     async with aiohttp.ClientSession() as session, FakeOllama() as fake:
         fake.default_reply = Reply(text=" ".join(["word"] * 30))
         bare_client = ollama.AsyncClient(host=fake.url)
+        session_client = ollama.AsyncClient(
+            host=fake.url,
+            transport=SessionTransport(session, verify=True, connect_timeout=3),
+        )
         core_client = ollama.AsyncClient(host=fake.url)
         router = Router(
             [
@@ -61,13 +70,16 @@ async def main(turns: int) -> None:
         messages = [{"role": "user", "content": QUESTION}]
         request = ChatRequest(messages=(ChatMessage("user", QUESTION),))
 
-        async def bare() -> tuple[float, float]:
-            started = time.perf_counter()
-            first = 0.0
-            async for part in await bare_client.chat(MODEL, messages, stream=True):
-                if not first and part.message.content:
-                    first = time.perf_counter()
-            return first - started, time.perf_counter() - started
+        def stream(client: ollama.AsyncClient) -> Timed:
+            async def turn() -> tuple[float, float]:
+                started = time.perf_counter()
+                first = 0.0
+                async for part in await client.chat(MODEL, messages, stream=True):
+                    if not first and part.message.content:
+                        first = time.perf_counter()
+                return first - started, time.perf_counter() - started
+
+            return turn
 
         async def core() -> tuple[float, float]:
             started = time.perf_counter()
@@ -86,7 +98,12 @@ async def main(turns: int) -> None:
                     first = time.perf_counter()
             return first - started, time.perf_counter() - started
 
-        ways: dict[str, Timed] = {"bare": bare, "core": core, "router": routed}
+        ways: dict[str, Timed] = {
+            "bare": stream(bare_client),
+            "session": stream(session_client),
+            "core": core,
+            "router": routed,
+        }
         for way in ways.values():  # connections and imports, paid by nobody
             for _ in range(5):
                 await way()
@@ -95,8 +112,8 @@ async def main(turns: int) -> None:
             for name, way in ways.items():
                 results[name].append(await way())
         await router.close()
-        await bare_client.close()  # type: ignore[no-untyped-call]
-        await core_client.close()  # type: ignore[no-untyped-call]
+        for client in (bare_client, session_client, core_client):
+            await client.close()  # type: ignore[no-untyped-call]
 
     print(f"{turns} turns each, 30-token answers from a fake that answers at once")
     print(
@@ -115,6 +132,15 @@ async def main(turns: int) -> None:
             f"{name:<8}{first:11.2f} ms{added_first:+7.2f} ms"
             f"{whole:13.2f} ms{added_whole:+7.2f} ms"
         )
+    own = [
+        (own[0] - base[0], own[1] - base[1])
+        for own, base in zip(results["router"], results["session"], strict=True)
+    ]
+    print(
+        "router - session (its own cost over the client it uses):"
+        f" {statistics.median(a[0] for a in own) * 1000:+.2f} ms to the first token,"
+        f" {statistics.median(a[1] for a in own) * 1000:+.2f} ms to the end"
+    )
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@ integrations, pointed at the same loopback Ollama fake that answers 20
 words at once. Each round sends one turn each way, in a rotating order, so
 that drift hits all alike:
 
-  bare     ollama.AsyncClient.chat(stream=True), iterated: the floor
+  bare     ollama.AsyncClient.chat(stream=True), iterated: the floor,
+           over httpx's own transport, as core's ollama uses the client
+  session  the same over LLM Router's transport: Home Assistant's shared
+           aiohttp session (engine/ollama_http.py)
   core     conversation.async_converse to core's ollama agent
   router   conversation.async_converse to LLM Router's agent (one backend)
 
 once without an LLM API and once with the Assist API. Reported: the median
-time of each, the median of the per-round differences (router - core and
-each - bare) and the ratio router / core, and the entity state writes
-each agent makes per turn. LLM Router updates a backend's sensors at once
+time of each, the medians of the per-round differences (each - bare, each
+- core, and router - session: its own cost over the client it streams
+with), the ratio router / core, and the entity state writes each agent
+makes per turn. LLM Router updates a backend's sensors at once
 after a quiet second, else once at the end of that second: back to back,
 its turns write them about once a second; with --gap 1 every turn does.
 

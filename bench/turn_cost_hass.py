@@ -22,12 +22,14 @@ from homeassistant.const import (
 )
 from homeassistant.core import Context, Event, HomeAssistant, callback
 from homeassistant.helpers import entity_registry as er, llm
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.setup import async_setup_component
 import ollama
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from bench.turn_cost import GAP_VARIABLE, ROUNDS_VARIABLE
 from custom_components.llm_router.const import DOMAIN
+from custom_components.llm_router.engine.ollama_http import SessionTransport
 from custom_components.llm_router.updates import UPDATE_INTERVAL
 from tests.conftest import backend, router_entry
 from tests.fakes.base import Reply
@@ -134,6 +136,13 @@ def _report(
             f"{minus_bare * 1000:+8.2f} ms{minus_core * 1000:+8.2f} ms"
             f"{ratio:8.2f}x{shown}"
         )
+    own = statistics.median(
+        own - base
+        for own, base in zip(results["router"], results["session"], strict=True)
+    )
+    print(
+        f"router - session (its own cost over the client it uses): {own * 1000:+.2f} ms"
+    )
 
 
 async def test_turn_cost(
@@ -154,15 +163,25 @@ async def test_turn_cost(
         await _setup(hass, _core_entry(fake.url))
         for api in (False, True):
             await _setup(hass, _router_entry(fake.url, api=api))
+        # The client as core uses it, and as LLM Router does: over the session.
         bare_client = ollama.AsyncClient(host=fake.url)
+        session_client = ollama.AsyncClient(
+            host=fake.url,
+            transport=SessionTransport(
+                async_get_clientsession(hass), verify=True, connect_timeout=3
+            ),
+        )
         writes = _Writes(hass)
 
-        async def bare() -> float:
-            started = time.perf_counter()
-            messages = [{"role": "user", "content": QUESTION}]
-            async for _part in await bare_client.chat(MODEL, messages, stream=True):
-                pass
-            return time.perf_counter() - started
+        def stream(client: ollama.AsyncClient) -> Timed:
+            async def turn() -> float:
+                started = time.perf_counter()
+                messages = [{"role": "user", "content": QUESTION}]
+                async for _part in await client.chat(MODEL, messages, stream=True):
+                    pass
+                return time.perf_counter() - started
+
+            return turn
 
         def converse(agent_id: str) -> Timed:
             async def turn() -> float:
@@ -179,7 +198,8 @@ async def test_turn_cost(
         for api in (False, True):
             name = "assist" if api else "plain"
             ways: dict[str, Timed] = {
-                "bare": bare,
+                "bare": stream(bare_client),
+                "session": stream(session_client),
                 "core": converse(_agent(hass, "ollama", f"core_{name}")),
                 "router": converse(_agent(hass, DOMAIN, f"router_{name}_conversation")),
             }
@@ -212,7 +232,8 @@ async def test_turn_cost(
                 results,
                 {way: count / rounds for way, count in write_counts.items()},
             )
-        await bare_client.close()  # type: ignore[no-untyped-call]
+        for client in (bare_client, session_client):
+            await client.close()  # type: ignore[no-untyped-call]
         for entry in hass.config_entries.async_entries():
             await hass.config_entries.async_unload(entry.entry_id)
         await hass.async_block_till_done()

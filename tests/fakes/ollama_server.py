@@ -67,6 +67,10 @@ class RunningModel:
     expires_at: str = "2030-01-01T12:00:00Z"
 
 
+# The request's key that says whether its answer is compressed.
+GZIP = web.RequestKey("gzip", bool)
+
+
 @dataclass(frozen=True)
 class Override:
     """A canned answer for a path: delay (math.inf: never), then status and body.
@@ -116,6 +120,8 @@ class FakeOllama(FakeServer):
         self.running = list(running)
         self.api_key = api_key
         self.overrides: dict[str, Override] = {}
+        self.gzip = False
+        """Compress every answer, as a reverse proxy in front may."""
         self.app.middlewares.append(self._record)
         self.app.router.add_post("/api/chat", self._chat)
         self.app.router.add_get("/api/version", self._version)
@@ -133,6 +139,15 @@ class FakeOllama(FakeServer):
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         await self.record(request)
+        request[GZIP] = self.gzip
+        response = await self._answer(request, handler)
+        if self.gzip and not response.prepared:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
         if (endless := await self.endless_response(request)) is not None:
             return endless
         if self.api_key is not None and (
@@ -404,6 +419,8 @@ async def _stream(
 ) -> web.StreamResponse:
     """NDJSON chunks; the headers go out with the first one, as Ollama's do."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    if request[GZIP]:
+        response.enable_compression(web.ContentCoding.gzip)
     first: float | None = None
 
     async def write(data: bytes) -> None:

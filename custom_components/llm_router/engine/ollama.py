@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
 )
@@ -23,11 +21,10 @@ import os
 import re
 import ssl
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 import uuid
 
 import aiohttp
-import httpx
 import ollama
 
 # Imported here, not at first use: pydantic resolves ValidationError lazily,
@@ -48,14 +45,7 @@ from .errors import (
     CapabilityUnsupported,
     ModelNotFound,
 )
-from .limits import (
-    KIB,
-    MAX_ERROR_BODY,
-    MAX_LINE,
-    MAX_METADATA,
-    read_at_most,
-    read_whole,
-)
+from .limits import MAX_ERROR_BODY, MAX_METADATA, read_at_most, read_whole
 from .models import (
     BackendConfig,
     Capability,
@@ -72,6 +62,7 @@ from .models import (
     ToolCallDelta,
     ToolSpec,
 )
+from .ollama_http import SessionTransport
 from .urls import OLLAMA_PORT
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,15 +92,9 @@ class OllamaBackend(Backend):
         self._base_url = server_url(config.url)
         self._client = ollama.AsyncClient(
             host=str(self._base_url),
-            # No read timeout: the router enforces first-token and stall deadlines.
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=None,
-                write=config.stall_timeout,
-                pool=config.connect_timeout,
+            transport=SessionTransport(
+                session, verify=verify, connect_timeout=config.connect_timeout
             ),
-            transport=_BoundedTransport(httpx.AsyncHTTPTransport(verify=verify)),
-            verify=verify,  # for the transports of proxies from the environment
             headers=self._headers,
         )
 
@@ -250,105 +235,8 @@ class OllamaBackend(Backend):
         return arguments
 
 
-class _BoundedTransport(httpx.AsyncBaseTransport):
-    """Bounds what the ollama client reads, which it would read whole.
-
-    An error body is cut after MAX_ERROR_BODY (only its message is used); a
-    chat stream may not go MAX_LINE bytes without a line break; any other
-    answer (model lists, details) may not exceed MAX_METADATA.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        body = cast(httpx.AsyncByteStream, response.stream)
-        bounded: AsyncGenerator[bytes] | _LinesWithin
-        if response.status_code >= 400:
-            bounded = _cut_after(body, MAX_ERROR_BODY)
-        elif request.url.path.endswith("/api/chat"):
-            bounded = _LinesWithin(body, MAX_LINE)
-        else:
-            bounded = _within(body, MAX_METADATA)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Stream(bounded, body),
-            extensions=response.extensions,
-            request=request,
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _Stream(httpx.AsyncByteStream):
-    """A bounded body that closes the server's response when it is closed."""
-
-    def __init__(
-        self, chunks: AsyncGenerator[bytes] | _LinesWithin, body: httpx.AsyncByteStream
-    ) -> None:
-        self._chunks = chunks
-        self._body = body
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()
-        await self._body.aclose()
-
-
-class _LinesWithin:
-    """A chat stream's chunks, whose lines may not exceed limit bytes.
-
-    An iterator, not a generator: each chunk is checked on its way through,
-    without a generator's frame between the body and the client.
-    """
-
-    __slots__ = ("_chunks", "_limit", "_line")
-
-    def __init__(self, body: httpx.AsyncByteStream, limit: int) -> None:
-        self._chunks = aiter(body)
-        self._limit = limit
-        self._line = 0
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await anext(self._chunks)
-        end = chunk.rfind(b"\n")
-        self._line = self._line + len(chunk) if end < 0 else len(chunk) - end - 1
-        if self._line > self._limit:
-            raise BadResponse(f"stream line longer than {self._limit // KIB} KiB")
-        return chunk
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the body is closed with the stream."""
-
-
-async def _cut_after(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes]:
-    left = limit
-    async for chunk in body:
-        yield chunk[:left]
-        left -= len(chunk)
-        if left <= 0:
-            return
-
-
-async def _within(body: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes]:
-    size = 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise BadResponse(f"answer larger than {limit // KIB} KiB")
-        yield chunk
-
-
 class _Failures:
-    """Turns whatever ollama, httpx or aiohttp raise into a BackendError.
+    """Turns whatever ollama or aiohttp raise into a BackendError.
 
     model_call: the request names the configured model, so a 404 means that
     model is missing. answering: the stream had started, so a lost
@@ -375,21 +263,15 @@ class _Failures:
     def _translate(self, err: Exception) -> BackendError:
         if isinstance(err, ollama.ResponseError):
             return self._status_error(err.status_code, str(err.error))
-        if isinstance(err, httpx.ConnectTimeout | aiohttp.ConnectionTimeoutError):
+        if isinstance(err, aiohttp.ConnectionTimeoutError):
             return BackendUnreachable("connect timed out")
-        if isinstance(err, httpx.TimeoutException | TimeoutError):
+        if isinstance(err, TimeoutError):
             return BackendTimeout("no answer in time")
-        # ollama raises a plain ConnectionError for httpx.ConnectError outside streams.
-        if (
-            isinstance(err, httpx.ConnectError | aiohttp.ClientConnectorError)
-            or type(err) is ConnectionError
-        ):
+        if isinstance(err, aiohttp.ClientConnectorError):
             return BackendUnreachable(_connect_failure(err))
         if isinstance(
             err,
-            httpx.NetworkError
-            | httpx.RemoteProtocolError
-            | aiohttp.ClientConnectionError
+            aiohttp.ClientConnectionError
             | aiohttp.ClientPayloadError
             | ConnectionError,
         ):
