@@ -2,7 +2,7 @@
 
 The official client speaks the protocol; this transport carries its
 requests. aiohttp parses HTTP in C (httpx's default transport, in Python,
-costs a turn about half a millisecond more), shares the session's pool of
+costs a turn about 0.4 ms more), shares the session's pool of
 connections, and resolves names as the session does. It also bounds what
 the client reads, which the client would read whole: an error body is cut
 after MAX_ERROR_BODY (only its message is used), a chat stream may not go
