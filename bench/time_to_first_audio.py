@@ -34,19 +34,18 @@ from pathlib import Path
 import statistics
 import tempfile
 
-from tests.e2e.harness import (
+from tests.e2e.hass_process import Credentials, HassClient, onboard, start_hass
+from tests.e2e.router_setup import (
     FLOW,
     SUBENTRY_FLOW,
     BackendSpec,
-    Credentials,
-    HarnessError,
-    HassClient,
     create_router,
-    install_llm_server,
-    onboard,
     pi_backend,
     run_flow,
-    start_hass,
+)
+from tests.e2e.servers import (
+    HarnessError,
+    install_llm_server,
     start_llm_server,
     wait_until,
 )

@@ -15,26 +15,24 @@ import textwrap
 import time
 
 from custom_components.llm_router.updates import UPDATE_INTERVAL
-from tests.e2e.harness import (
-    LLM_MODEL,
+from tests.e2e.conversations import ask_action, last_attempts
+from tests.e2e.hass_process import (
     Credentials,
-    HarnessError,
     HassClient,
-    Router,
-    Server,
-    add_backend,
-    ask_action,
     check_no_reports,
-    create_router,
-    gpu_backend_down,
     integration_states,
-    last_attempts,
     onboard,
-    pi_backend,
     start_hass,
-    start_llm_server,
     state_value,
 )
+from tests.e2e.router_setup import (
+    Router,
+    add_backend,
+    create_router,
+    gpu_backend_down,
+    pi_backend,
+)
+from tests.e2e.servers import LLM_MODEL, HarnessError, Server, start_llm_server
 from tests.e2e.voice import (
     VOICE,
     SpokenTurn,

@@ -26,7 +26,8 @@ from selenium.webdriver import ChromeOptions, Remote
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
-from tests.e2e.harness import ROOT, Credentials, HassClient, Server, start_server
+from tests.e2e.hass_process import Credentials, HassClient
+from tests.e2e.servers import ROOT, Server, start_server
 from tests.fakes.base import free_port
 
 ARTIFACTS_ROOT = ROOT / ".test-artifacts"

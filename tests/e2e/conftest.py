@@ -1,8 +1,8 @@
 """Real servers for the end-to-end tests: llama.cpp, Home Assistant, voice.
 
-The servers are subprocesses (see harness.py and voice.py), shared by the
-tests of a session (the LLM, text-to-speech and speech-to-text servers) or
-a module (Home Assistant), and stopped even when a test fails.
+The servers are subprocesses (see servers.py, hass_process.py and voice.py),
+shared by the tests of a session (the LLM, text-to-speech and speech-to-text
+servers) or a module (Home Assistant), and stopped even when a test fails.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import pytest
 import pytest_socket  # type: ignore[import-untyped]
 
 from tests.e2e.browser import start_chromedriver
-from tests.e2e.harness import (
+from tests.e2e.hass_process import (
     Credentials,
     HassClient,
-    Server,
     check_no_reports,
-    install_llm_server,
     onboard,
     start_hass,
-    start_llm_server,
 )
+from tests.e2e.servers import Server, install_llm_server, start_llm_server
 from tests.e2e.voice import (
     Listener,
     Speaker,
@@ -55,7 +53,7 @@ def _allow_loopback() -> None:
 
 @pytest.fixture(scope="session")
 def llm_server(e2e_dir: Path) -> Iterator[Server]:
-    """llama.cpp's server with SmolLM2 (model name harness.LLM_MODEL)."""
+    """llama.cpp's server with SmolLM2 (model name servers.LLM_MODEL)."""
     _allow_loopback()
     install_llm_server(e2e_dir / "llm-server-install.log")
     with start_llm_server(e2e_dir / "llm-server.log") as server:

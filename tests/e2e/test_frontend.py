@@ -29,26 +29,23 @@ from tests.e2e.browser import (
     open_assist,
     shows_whole_answer,
 )
-from tests.e2e.harness import (
-    DOMAIN,
-    LLM_MODEL,
-    HassClient,
-    Router,
-    Server,
-    add_backend,
-    chat_completions_served,
-    create_router,
+from tests.e2e.hass_process import DOMAIN, HassClient, state_value
+from tests.e2e.pipelines import (
     first_finished_run,
-    gpu_backend_down,
-    pi_backend,
     prefer_in_assist,
     run_event,
     run_speech,
-    running_backends,
-    state_value,
-    wait_loaded,
-    wait_until,
 )
+from tests.e2e.router_setup import (
+    Router,
+    add_backend,
+    create_router,
+    gpu_backend_down,
+    pi_backend,
+    running_backends,
+    wait_loaded,
+)
+from tests.e2e.servers import LLM_MODEL, Server, chat_completions_served, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,27 +18,25 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.harness import (
-    LLM_MODEL,
+from tests.e2e.conversations import ask_action, chat_log, converse
+from tests.e2e.hass_process import HassClient, state, state_value
+from tests.e2e.router_setup import (
     BackendSpec,
-    HarnessError,
-    HassClient,
     Router,
-    Server,
     add_backend,
-    ask_action,
-    chat_completions_served,
-    chat_log,
-    converse,
     create_router,
     entry_state,
     gpu_backend_down,
-    llm_server_metrics,
     pi_backend,
     reload_router,
     remove_router,
-    state,
-    state_value,
+)
+from tests.e2e.servers import (
+    LLM_MODEL,
+    HarnessError,
+    Server,
+    chat_completions_served,
+    llm_server_metrics,
 )
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from custom_components.llm_router.engine.models import (
 from custom_components.llm_router.engine.openai import OpenAIBackend
 from custom_components.llm_router.engine.reasoning import ReasoningSplitter
 from custom_components.llm_router.engine.stats import StreamClock, summarize
-from tests.e2e.harness import LLM_MODEL, Server
+from tests.e2e.servers import LLM_MODEL, Server
 
 pytestmark = pytest.mark.e2e
 

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import (
+from tests.e2e.hass_process import HassClient, state_value
+from tests.e2e.router_setup import (
     BackendSpec,
-    HassClient,
-    Server,
     add_backend,
     create_router,
     gpu_backend_down,
     pi_backend,
     remove_router,
-    state_value,
 )
+from tests.e2e.servers import Server
 from tests.e2e.voice import (
     Listener,
     Speaker,

@@ -30,16 +30,10 @@ from tests.e2e.browser import (
     open_assist,
     shows_whole_answer,
 )
-from tests.e2e.harness import (
-    HassClient,
-    Router,
-    Server,
-    create_router,
-    first_finished_run,
-    pi_backend,
-    run_event,
-    run_speech,
-)
+from tests.e2e.hass_process import HassClient
+from tests.e2e.pipelines import first_finished_run, run_event, run_speech
+from tests.e2e.router_setup import Router, create_router, pi_backend
+from tests.e2e.servers import Server
 from tests.e2e.voice import (
     Listener,
     Speaker,

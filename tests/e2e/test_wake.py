@@ -17,20 +17,16 @@ import time
 
 import pytest
 
-from tests.e2e.harness import (
-    LLM_MODEL,
+from tests.e2e.conversations import ask_action
+from tests.e2e.hass_process import HassClient, state_value
+from tests.e2e.router_setup import (
     BackendSpec,
-    HassClient,
-    Server,
     add_backend,
-    ask_action,
     create_router,
     pi_backend,
     remove_router,
-    start_llm_server,
-    state_value,
-    wait_until,
 )
+from tests.e2e.servers import LLM_MODEL, Server, start_llm_server, wait_until
 from tests.fakes.base import free_port
 
 pytestmark = pytest.mark.e2e

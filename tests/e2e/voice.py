@@ -29,17 +29,10 @@ import wave
 
 import aiohttp
 
-from tests.e2e.harness import (
-    FLOW,
-    ROOT,
-    HarnessError,
-    HassClient,
-    Server,
-    create_pipeline,
-    run_flow,
-    run_install,
-    start_server,
-)
+from tests.e2e.hass_process import HassClient
+from tests.e2e.pipelines import create_pipeline
+from tests.e2e.router_setup import FLOW, run_flow
+from tests.e2e.servers import ROOT, HarnessError, Server, run_install, start_server
 from tests.fakes.base import FakeServer, free_port
 
 VOICE = "en_US-joe-medium"
