@@ -84,6 +84,22 @@ async def fake() -> AsyncIterator[FakeOllama]:
 Make = Callable[..., OllamaBackend]
 
 
+def on_session(
+    url: str,
+    session: aiohttp.ClientSession,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    **config: Any,
+) -> OllamaBackend:
+    """A backend for url on session; its model llama3.2 unless config says."""
+    options: dict[str, Any] = {"model": "llama3.2", **config}
+    return OllamaBackend(
+        BackendConfig(name="pi", kind=BackendKind.OLLAMA, url=url, **options),
+        session,
+        verify=verify,
+    )
+
+
 @pytest.fixture
 async def make(session: aiohttp.ClientSession) -> AsyncIterator[Make]:
     """Build backends on the shared session; closed after the test."""
@@ -92,14 +108,7 @@ async def make(session: aiohttp.ClientSession) -> AsyncIterator[Make]:
     def build(
         url: str, *, verify: ssl.SSLContext | bool = True, **config: Any
     ) -> OllamaBackend:
-        options: dict[str, Any] = {"model": "llama3.2", **config}
-        built.append(
-            OllamaBackend(
-                BackendConfig(name="pi", kind=BackendKind.OLLAMA, url=url, **options),
-                session,
-                verify=verify,
-            )
-        )
+        built.append(on_session(url, session, verify=verify, **config))
         return built[-1]
 
     yield build
@@ -169,13 +178,6 @@ async def traced_session(sent: list[str]) -> AsyncIterator[aiohttp.ClientSession
     trace.on_request_start.append(started)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         yield session
-
-
-def on_session(url: str, session: aiohttp.ClientSession) -> OllamaBackend:
-    return OllamaBackend(
-        BackendConfig(name="pi", kind=BackendKind.OLLAMA, url=url, model="llama3.2"),
-        session,
-    )
 
 
 async def test_requests_go_through_the_given_session(fake: FakeOllama) -> None:
